@@ -1,0 +1,146 @@
+"""
+Datasets as prompt/answer pairs, their tokenizers, and batching. Used by
+train.py, sample.py, bitune.py and bai.py for every dataset.
+
+An example is {'prompt': [ids], 'answer': [ids ending in meta['eos']]} plus an
+optional 'refs' (reference texts, for ROUGE) and 'op' (toy operation).
+A task is {'meta': {...}, 'train': [...], 'val': [...]} (+ 'test' when present).
+
+    task = load_task('toy', n_train=2000)   # generated in memory, see data/toy/toy.py
+    task = load_task('dialogsum')           # read from data/dialogsum/, written by its prepare.py
+    batch = collate(task['train'][:8])      # right-padded, for the loss
+    idx, valid = collate_prompts(task['val'][:8])  # left-padded, for generation
+"""
+import functools
+import importlib.util
+import json
+import os
+
+import torch
+
+META_KEYS = ('name', 'tokenizer', 'vocab_size', 'eos', 'pad', 'bos', 'metric')
+
+@functools.cache
+def toy_module():
+    """data/toy/toy.py as a module. data/ is not a package, so we load the file by its path."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'toy', 'toy.py')
+    spec = importlib.util.spec_from_file_location('toy', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+def load_task(name, data_dir='data', **toy_options):
+    """'toy' is generated from toy_options; any other name is read from data_dir/<name>/."""
+    if name == 'toy':
+        return toy_module().make_toy_task(**toy_options)
+    if toy_options:
+        raise ValueError(f"options {sorted(toy_options)} only apply to the 'toy' task, not '{name}'")
+    folder = os.path.join(data_dir, name)
+    files = {split: os.path.join(folder, f'{split}.jsonl') for split in ('train', 'val', 'test')}
+    needed = [os.path.join(folder, 'meta.json'), files['train'], files['val']]
+    missing = [f for f in needed if not os.path.exists(f)]
+    if missing:
+        raise FileNotFoundError(f"dataset '{name}' is not prepared: missing {', '.join(missing)}. "
+                                f"Run `python {os.path.join(data_dir, name, 'prepare.py')}` first "
+                                f"(or pass the right data_dir).")
+    with open(needed[0]) as f:
+        meta = json.load(f)
+    lost = [k for k in META_KEYS if k not in meta]
+    if lost:
+        raise ValueError(f"{needed[0]} lacks {lost}: re-run data/{name}/prepare.py")
+    task = {'meta': meta}
+    for split, path in files.items():
+        if os.path.exists(path):  # 'test' is optional
+            with open(path) as f:
+                task[split] = [json.loads(line) for line in f if line.strip()]
+    return task
+
+class CharTokenizer:
+    """One token per character, the table taken from meta['itos']."""
+    def __init__(self, itos):
+        self.itos, self.stoi = list(itos), {s: i for i, s in enumerate(itos)}
+
+    def encode(self, text):
+        bad = sorted(set(c for c in text if c not in self.stoi))
+        if bad:
+            raise ValueError(f"characters {bad} are not in the vocabulary {''.join(self.itos)!r}")
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids):
+        return ''.join(self.itos[i] for i in ids)
+
+def get_tokenizer(meta):
+    """An object with encode(str) -> [ids] and decode([ids]) -> str, for this task."""
+    if meta['tokenizer'] == 'char':
+        return CharTokenizer(meta['itos'])
+    if meta['tokenizer'] == 'gpt2':
+        import tiktoken  # imported here so char-level tasks never need it
+        try:
+            return tiktoken.get_encoding('gpt2')
+        except Exception as e:  # usually: no internet and nothing in tiktoken's cache
+            raise RuntimeError("tiktoken could not load the GPT-2 BPE files; connect once to download them, "
+                               "or set TIKTOKEN_CACHE_DIR to a folder that holds them "
+                               "(offline copies: ../shared/data/tiktoken_cache)") from e
+    raise ValueError(f"unknown tokenizer {meta['tokenizer']!r} in meta: expected 'char' or 'gpt2'")
+
+def collate(examples, device='cpu', pad_id=0):
+    """Right-pad prompt+answer sequences into one batch for the loss.
+
+    Row b of idx holds prompt + answer (EOS included), then pad_id. targets[b, t]
+    is the token the model should predict after reading idx[b, :t+1]: idx[b, t+1]
+    where that is an answer token, -1 (ignored) on the prompt, on the last real
+    position and on padding. So each row has exactly answer_len targets.
+    The padding value never matters (valid masks those keys and their targets
+    are -1); pass meta['pad'] if you want printed batches to look tidy.
+
+    Loss weighting: GPT.forward averages over all target tokens of the batch,
+    so long answers weigh more than short ones (token-weighted, not the
+    per-example mean of the Bitune authors). To keep that same mean across
+    gradient accumulation, scale micro-batch i's loss by
+    answer_len.sum() of micro-batch i / answer tokens in the whole step
+    (not 1 / number of micro-batches), as train.py does.
+    """
+    if any(not ex['prompt'] or not ex['answer'] for ex in examples):
+        raise ValueError("every example needs a non-empty prompt and answer (the answer ends in EOS)")
+    lengths = [len(ex['prompt']) + len(ex['answer']) for ex in examples]
+    B, T = len(examples), max(lengths)
+    idx = torch.full((B, T), pad_id, dtype=torch.long)
+    targets = torch.full((B, T), -1, dtype=torch.long)
+    valid = torch.zeros((B, T), dtype=torch.bool)
+    for b, ex in enumerate(examples):
+        P, A = len(ex['prompt']), len(ex['answer'])
+        idx[b, :P + A] = torch.tensor(ex['prompt'] + ex['answer'])
+        targets[b, P - 1:P + A - 1] = idx[b, P:P + A]  # from the last prompt token on, predict the answer
+        valid[b, :P + A] = True
+    return {'idx': idx.to(device), 'targets': targets.to(device), 'valid': valid.to(device),
+            'pos': torch.arange(T, device=device).repeat(B, 1),  # (B, T): right padding keeps 0..T-1 in every row
+            'prompt_len': torch.tensor([len(ex['prompt']) for ex in examples], device=device),
+            'answer_len': torch.tensor([len(ex['answer']) for ex in examples], device=device)}
+
+def collate_prompts(examples, device='cpu', pad_id=0):
+    """Left-pad the prompts, so every row's last prompt token sits in the last column
+    and generation appends new tokens to all rows at once. Returns idx (B, P) and valid (B, P)."""
+    P = max(len(ex['prompt']) for ex in examples)
+    idx = torch.full((len(examples), P), pad_id, dtype=torch.long)
+    valid = torch.zeros((len(examples), P), dtype=torch.bool)
+    for b, ex in enumerate(examples):
+        n = len(ex['prompt'])
+        idx[b, P - n:] = torch.tensor(ex['prompt'])
+        valid[b, P - n:] = True
+    return idx.to(device), valid.to(device)
+
+def check_fits(task, block_size):
+    """Raise a ValueError if some example (prompt + answer) is longer than block_size; else return the longest length."""
+    longest, where = 0, None
+    for split in ('train', 'val', 'test'):
+        for ex in task.get(split, []):
+            n = len(ex['prompt']) + len(ex['answer'])
+            if n > longest:
+                longest, where = n, (split, len(ex['prompt']), len(ex['answer']))
+    if longest > block_size:
+        name = task['meta']['name']
+        hint = "lower max_len" if name == 'toy' else f"shorten the examples in data/{name}/prepare.py"
+        raise ValueError(f"dataset '{name}': the longest example has {longest} tokens ({where[0]} split, "
+                         f"prompt {where[1]} + answer {where[2]}) but block_size is {block_size}. "
+                         f"Set block_size >= {longest}, or {hint}.")
+    return longest
