@@ -1,0 +1,170 @@
+"""
+Bitune: read the prompt both causally and bidirectionally, mix the two, answer causally.
+Kopiczko et al., "Bitune: Bidirectional Instruction-Tuning", arXiv 2405.14862.
+
+One frozen GPT (or, for full fine-tuning, one trainable GPT) with two LoRA
+adapters, 'causal' and 'bidir'. The prompt minus its last token is read twice:
+Pass A without a causal mask ('bidir' adapter), Pass B with one ('causal'
+adapter). Each layer's keys and values of the two passes are mixed with learned
+scalars, and Pass C reads the answer causally on top of that mixed prefix. The
+steps below follow the method section (and ../shared/design/METHODS.md) in order.
+
+    gpt = add_lora(GPT(cfg), names=('causal', 'bidir')); mark_only_lora_trainable(gpt)
+    bitune = Bitune(gpt)                          # variant='full'
+    loss, aux = bitune(tasks.collate(examples))   # training
+    out = bitune.generate(idx, 20, valid=valid)   # same call as GPT.generate
+"""
+import torch
+import torch.nn as nn
+
+from model import adapter, lora_layers
+
+# The authors' ablations, one row each, as in the paper's table.
+VARIANTS = {
+    #               Pass A mask  Pass A adapter  Pass B  mixing
+    'full':        ('bidir',    'bidir',        True,   'learned'),
+    'naive':       ('bidir',    'causal',       False,  None),       # the answer reads Pass A only
+    'no_mixing':   ('bidir',    'bidir',        False,  None),       # the answer reads Pass A only
+    'only_causal': ('causal',   'bidir',        True,   'learned'),
+    'shared':      ('bidir',    'causal',       True,   'learned'),
+    'fixed':       ('bidir',    'bidir',        True,   'fixed'),    # alpha = 0.5, nothing learned
+}
+
+
+class Bitune(nn.Module):
+    """Wraps a GPT. causal_adapter / bidir_adapter name its LoRA adapters.
+
+    causal_adapter=None trains all weights (no LoRA for the causal side): Passes B
+    and C then run the base weights and Pass A runs base + the 'bidir' adapter, so
+    the two readings of the prompt still have separate weights.
+
+    7. Gradients flow through all three passes into both adapters and every theta:
+    both adapters stay trainable and each pass only chooses which one is active.
+    Cost: training runs (P-1) + (P-1) + (T-P+1) token-forwards instead of T.
+    """
+
+    def __init__(self, gpt, variant='full', theta_init=0.01, causal_adapter='causal', bidir_adapter='bidir'):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown Bitune variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        if theta_init <= 0:
+            raise ValueError(f"theta_init must be > 0 (alpha = |theta| / (|theta| + theta_init)), got {theta_init}")
+        self.gpt, self.variant, self.theta_init = gpt, variant, theta_init
+        self.causal_adapter, self.bidir_adapter = causal_adapter, bidir_adapter
+        self.a_attn, a_role, self.has_pass_b, self.mixing = VARIANTS[variant]
+        self.a_adapter = causal_adapter if a_role == 'causal' else bidir_adapter
+        have = {n for m in lora_layers(gpt) for n in m.lora_A}
+        for name in {self.a_adapter, causal_adapter} - {None} - have:
+            raise ValueError(f"variant '{variant}' needs a LoRA adapter named {name!r}; the model has "
+                             f"{sorted(have) or 'none'}. Call add_lora(gpt, names=(...)) first.")
+        if self.mixing == 'learned':
+            # theta starts at theta_init, so alpha starts at 0.5. The 'mix_' prefix puts these
+            # in configure_optimizers' adapter group (no weight decay).
+            L = gpt.config.n_layer
+            self.mix_theta_k = nn.Parameter(torch.full((L,), float(theta_init)))  # (L,) one per layer
+            self.mix_theta_v = nn.Parameter(torch.full((L,), float(theta_init)))
+
+    # ------------------------------------------------------------------ steps 2-4: read the prefix
+
+    def pass_a(self, prefix, pos, valid):
+        """2. Pass A: the prefix with NO causal mask (padding keys still masked), 'bidir' adapter.
+        Returns every layer's (K, V) and the hidden states after ln_f. Its logits are unused, and
+        since only its K/V reach the answer, the last block's attention output and MLP adapters get
+        no gradient from this pass."""
+        with adapter(self.gpt, self.a_adapter):
+            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn=self.a_attn, return_kv=True, hidden_layer=-1)
+        return aux['kv'], aux['hidden']
+
+    def pass_b(self, prefix, pos, valid):
+        """3. Pass B: the same prefix and positions, the ordinary causal mask, 'causal' adapter.
+        Independent of Pass A: nothing mixed is fed back into either pass."""
+        with adapter(self.gpt, self.causal_adapter):
+            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn='causal', return_kv=True)
+        return aux['kv']
+
+    def alpha(self):
+        """Per-layer weights of the BIDIRECTIONAL side, (alpha_k, alpha_v), each (L,) float32."""
+        if self.mixing == 'learned':
+            c = self.theta_init
+            t_k, t_v = self.mix_theta_k.float().abs(), self.mix_theta_v.float().abs()
+            return t_k / (t_k + c), t_v / (t_v + c)  # alpha = |theta| / (|theta| + theta_init)
+        const = torch.full((self.gpt.config.n_layer,), 0.5 if self.mixing == 'fixed' else 1.0,
+                          device=self.gpt.lm_head.weight.device)
+        return const, const  # 'fixed': 0.5; no mixing: the answer reads Pass A alone (alpha = 1)
+
+    def mix(self, kv_a, kv_b):
+        """4. Per layer l, separately for K and V, in float32, then cast back to the passes' dtype."""
+        a_k, a_v = self.alpha()
+        mixed = []
+        for l, ((k_a, v_a), (k_b, v_b)) in enumerate(zip(kv_a, kv_b)):
+            k = (1 - a_k[l]) * k_b.float() + a_k[l] * k_a.float()  # K_mix = (1 - alpha) K_causal + alpha K_bidir
+            v = (1 - a_v[l]) * v_b.float() + a_v[l] * v_a.float()  # V_mix = (1 - alpha) V_causal + alpha V_bidir
+            mixed.append((k.to(k_b.dtype), v.to(v_b.dtype)))        # each (B, nh, prefix_len, hs)
+        return mixed
+
+    def read_prefix(self, prefix, pos, valid):
+        """Steps 2-4 together: returns the mixed K/V per layer and Pass A's final hidden states."""
+        kv_a, hidden = self.pass_a(prefix, pos, valid)
+        if not self.has_pass_b:
+            return kv_a, hidden  # 'naive' and 'no_mixing': the answer reads Pass A's K/V directly
+        return self.mix(kv_a, self.pass_b(prefix, pos, valid)), hidden
+
+    def pass_c(self, tokens, pos, valid, kv, targets=None):
+        """5. Pass C: last prompt token + answer, 'causal' adapter, attending causally to
+        [mixed prefix ; own]. valid covers both; the model's mask aligns the triangle bottom-right."""
+        with adapter(self.gpt, self.causal_adapter):
+            return self.gpt(tokens, targets, pos=pos, valid=valid, past_kv=kv, return_kv=True)
+
+    # ------------------------------------------------------------------ training
+
+    def forward(self, batch):
+        """A RIGHT-padded batch from tasks.collate -> (loss, aux). Rows are gathered, never looped over."""
+        idx, pos, targets = batch['idx'], batch['pos'], batch['targets']
+        P, A = batch['prompt_len'], batch['answer_len']  # (B,) each
+        if int(P.min()) < 2:
+            raise ValueError("Bitune needs prompts of at least 2 tokens: the prefix is the prompt minus its "
+                             "last token, and a 1-token prompt leaves it empty. Add a BOS or template token.")
+        T = idx.size(1)
+        # 1. prefix = x[0:P-1]: the first max(P)-1 columns, row i real on its first P_i - 1
+        Tp = int(P.max()) - 1
+        prefix_valid = torch.arange(Tp, device=idx.device)[None] < (P - 1)[:, None]  # (B, Tp)
+        kv, hidden = self.read_prefix(idx[:, :Tp], pos[:, :Tp], prefix_valid)
+        # 5. Pass C reads x[P_i-1 : N_i-1] of row i: gather those columns, left-aligned to width max(A)
+        Tc = int(A.max())
+        t = torch.arange(Tc, device=idx.device)[None]                # (1, Tc)
+        answer_valid = t < A[:, None]                                  # (B, Tc)
+        cols = ((P - 1)[:, None] + t).clamp(max=T - 1)                 # (B, Tc); clamped columns are padding
+        tgt = targets.gather(1, cols).masked_fill(~answer_valid, -1)   # x[P..N-1]: the answer, end token included
+        # 6. The loss is GPT's token-weighted mean over every answer token of the batch, the same weighting
+        # as the causal baseline (the authors average per example, then over examples; we do not).
+        logits, loss, _ = self.pass_c(idx.gather(1, cols), pos.gather(1, cols),
+                                      torch.cat([prefix_valid, answer_valid], 1), kv, tgt)
+        # Pass A's hidden states are returned so BAI can take its pivots from the bidirectional reading
+        return loss, {'logits': logits, 'targets': tgt, 'answer_valid': answer_valid,
+                      'bidir_hidden': hidden, 'prefix_valid': prefix_valid}
+
+    # ------------------------------------------------------------------ 8. generation
+
+    def prefill(self, idx, pos, valid):
+        """Steps 1-5 on LEFT-padded prompts, Pass C on the last prompt token alone.
+        Returns its logits (B, V) and the KV cache over all prompt columns for GPT.generate."""
+        if idx.size(1) < 2 or int(valid.sum(1).min()) < 2:
+            raise ValueError("Bitune needs prompts of at least 2 tokens (the prefix is the prompt minus "
+                             "its last token); add a BOS or template token")
+        kv, _ = self.read_prefix(idx[:, :-1], pos[:, :-1], valid[:, :-1])
+        logits, _, aux = self.pass_c(idx[:, -1:], pos[:, -1:], valid, kv)
+        return logits[:, -1], aux['kv']
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, *, valid=None, stop_token=None,
+                 generator=None):
+        """GPT.generate with Bitune's prefill. Decoding afterwards is the plain cached decode with the
+        'causal' adapter: the cache is as large as the baseline's, so each new token costs the same."""
+        with adapter(self.gpt, self.causal_adapter):
+            return self.gpt.generate(idx, max_new_tokens, temperature, top_k, valid=valid, stop_token=stop_token,
+                                     generator=generator, prefill=self.prefill)
+
+    def alphas(self):
+        """The current mixing weights, for logging: {'alpha_k': [per layer], 'alpha_v': [...]}."""
+        a_k, a_v = self.alpha()
+        return {'alpha_k': a_k.detach().tolist(), 'alpha_v': a_v.detach().tolist()}
