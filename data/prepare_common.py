@@ -158,7 +158,9 @@ def prepare(name, doc, urls, template, load_records, argv=None):
                  f"{c['truncated']} prompts cut to {args.block_size - args.max_answer} tokens, "
                  f"{c['answers_cut']} answers cut to {args.max_answer}"))
     # block_size/max_answer tell train.py how the val/test prompts were fitted and how long to generate
-    meta = {'name': name, **GPT2_META, 'block_size': args.block_size, 'max_answer': args.max_answer}
+    # the template lets sample.py turn a raw text into a prompt the model was trained on
+    meta = {'name': name, **GPT2_META, 'block_size': args.block_size, 'max_answer': args.max_answer,
+            'template': template}
     with open(os.path.join(out_dir, 'meta.json'), 'w') as f:
         json.dump(meta, f, indent=1)
     print(f"wrote meta.json and {', '.join(f'{s}.jsonl' for s in stats)} to {os.path.relpath(out_dir)}")

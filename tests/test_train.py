@@ -1,0 +1,119 @@
+"""train.py and sample.py end to end, on tiny models and tiny toy tasks."""
+import json
+import os
+
+import pytest
+import torch
+
+import checkpoint
+import sample
+import train
+
+TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=16', '--eval_iters=2',
+        '--eval_examples=16', '--toy_n_train=400', '--toy_n_val=40', '--toy_max_len=6', '--warmup_iters=5',
+        '--device=cpu']
+
+
+def run(tmp_path, *args, name='out'):
+    out = str(tmp_path / name)
+    return train.main(TINY + [f'--out_dir={out}', *args]), out
+
+
+def read_log(out):
+    with open(os.path.join(out, 'log.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_a_tiny_run_writes_its_log_checkpoint_and_plots(tmp_path):
+    last, out = run(tmp_path, '--method=causal', '--max_iters=6', '--eval_interval=3')
+    rows = read_log(out)
+    assert [r['iter'] for r in rows] == [3, 6]
+    for key in ('train_loss', 'val_loss', 'exact_match', 'em_R', 'tokens_per_s', 'elapsed_s', 'lr'):
+        assert key in rows[-1], key
+    for f in ('ckpt.pt', 'loss.png', 'metric.png'):
+        assert os.path.getsize(os.path.join(out, f)) > 0, f
+    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)  # plain types only
+    assert ckpt['iter_num'] == 6 and not ckpt['adapter_only']
+    assert not any('_orig_mod' in k for k in ckpt['model'])
+    assert not os.path.exists(os.path.join(out, 'ckpt.pt.tmp'))  # written atomically
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+    args = ['--method=causal', '--max_iters=8', '--eval_interval=4', '--dropout=0.1']  # dropout: the RNG matters too
+    run(tmp_path, *args, name='straight')
+    straight = read_log(str(tmp_path / 'straight'))
+
+    real_save = train.save_checkpoint
+
+    def save_then_die(path, ckpt):  # the process is killed right after its first checkpoint
+        real_save(path, ckpt)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, 'save_checkpoint', save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, *args, name='killed')
+    monkeypatch.setattr(train, 'save_checkpoint', real_save)
+    run(tmp_path, *args, '--init_from=resume', name='killed')
+    resumed = read_log(str(tmp_path / 'killed'))
+    assert [r['iter'] for r in resumed] == [4, 8]
+    for a, b in zip(straight, resumed):
+        assert a['train_loss'] == b['train_loss'] and a['val_loss'] == b['val_loss']
+
+
+def test_a_short_run_learns_an_easy_task_and_sample_py_uses_it(tmp_path, capsys):
+    last, out = run(tmp_path, '--method=causal', '--toy_ops=C', '--toy_min_len=2', '--toy_max_len=4',
+                    '--toy_n_symbols=5', '--max_iters=500', '--eval_interval=500', '--learning_rate=3e-3',
+                    '--eval_examples=40')
+    assert last['exact_match'] >= 60, last  # chance is ~0.1%; broken learning stays near 0
+    capsys.readouterr()
+    answers = sample.main([f'--ckpt={out}/ckpt.pt', '--start=0123 C, 4321 C'])
+    assert len(answers) == 2 and '0123 C -> ' in capsys.readouterr().out
+
+
+def test_lora_fine_tuning_from_a_saved_base_keeps_only_adapters(tmp_path):
+    _, base = run(tmp_path, '--method=causal', '--toy_ops=C', '--max_iters=3', '--eval_interval=3', name='base')
+    _, out = run(tmp_path, '--method=causal', '--toy_ops=R', '--max_iters=3', '--eval_interval=3', '--peft=lora',
+                 f'--init_from={base}/ckpt.pt', '--lora_r=4', name='lora')
+    ckpt = torch.load(f'{out}/ckpt.pt', weights_only=True)
+    assert ckpt['adapter_only'] and ckpt['model'] and all('lora_' in k for k in ckpt['model'])
+    model, gpt, _ = checkpoint.model_from_checkpoint(f'{out}/ckpt.pt')
+    base_model, _, _ = checkpoint.model_from_checkpoint(f'{base}/ckpt.pt')
+    # the frozen base came back from the base checkpoint, the adapters from the LoRA one
+    assert torch.equal(gpt.transformer.wte.weight, base_model.transformer.wte.weight)
+    assert torch.equal(gpt.transformer.h[0].attn.c_attn.lora_A['causal'],
+                       ckpt['model']['transformer.h.0.attn.c_attn.lora_A.causal'])
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    real_ce, calls = torch.nn.functional.cross_entropy, {'n': 0}
+
+    def ce_turns_nan(*a, **k):
+        calls['n'] += 1
+        loss = real_ce(*a, **k)
+        return loss * float('nan') if calls['n'] > 20 else loss
+    monkeypatch.setattr(torch.nn.functional, 'cross_entropy', ce_turns_nan)
+    with pytest.raises(train.StopTraining, match='last good checkpoint'):
+        run(tmp_path, '--method=causal', '--max_iters=40', '--eval_interval=5')
+    ckpt = torch.load(str(tmp_path / 'out' / 'ckpt.pt'), weights_only=True)
+    assert ckpt['iter_num'] in (5, 10, 15)
+    assert all(torch.isfinite(v).all() for v in ckpt['model'].values())
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--method=magic'], "method='magic': choose one of"),
+    (['--dataset=nope'], "python data/nope/prepare.py"),
+    (['--block_size=8'], "Set block_size >= "),
+    (['--max_iter=5'], "did you mean max_iters"),
+    (['--init_from=resume'], "no checkpoint at"),
+])
+def test_bad_configuration_fails_at_start_up(tmp_path, args, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        run(tmp_path, *args)
+
+
+def test_learning_rate_schedule():
+    from types import SimpleNamespace
+    c = SimpleNamespace(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110, decay='cosine')
+    assert train.lr_at(0, c) == pytest.approx(0.1) and train.lr_at(9, c) == pytest.approx(1.0)
+    assert train.lr_at(60, c) == pytest.approx(0.55) and train.lr_at(110, c) == pytest.approx(0.1)
+    c.decay = 'linear'
+    assert train.lr_at(35, c) == pytest.approx(0.775)

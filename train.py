@@ -1,0 +1,329 @@
+"""
+Train a model on prompt -> answer examples, with one of three methods:
+
+  causal  ordinary instruction tuning: the prompt is read left to right
+  bitune  Bitune (Kopiczko et al., arXiv 2405.14862): the prompt is read twice,
+          causally and bidirectionally, and the two K/V caches are mixed (bitune.py)
+  bai     Bidirectional Awareness Induction (Hu et al., arXiv 2408.13959): an extra
+          training loss on the prompt's hidden states (bai.py)
+  bitune_bai  both: Bitune, plus the BAI loss on its bidirectional pass's states
+
+    python train.py                                   # Bitune on the toy task, a few minutes on a CPU
+    python train.py --method=causal                   # the baseline, same budget
+    python train.py config/toy_bai.py --seed=2        # a config file, then overrides
+    python train.py --init_from=resume --out_dir=out  # continue a killed run exactly
+
+Every setting is a plain global below; `--key=value` or a config file overrides
+it (configurator.py checks names and types).
+"""
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import torch
+from tqdm import tqdm
+
+from checkpoint import (build_model, is_adapter_only, load_checkpoint, model_from_checkpoint, save_checkpoint,
+                        state_to_save)
+from configurator import configure
+from evaluate import evaluate_task
+from model import configure_optimizers, count_params
+from tasks import check_fits, collate, load_task
+
+# -----------------------------------------------------------------------------
+# I/O
+out_dir = 'out'
+eval_interval = 250      # evaluate (val loss + task metric) and checkpoint every this many iterations
+eval_iters = 10          # val batches averaged for the val loss
+eval_examples = 200      # val examples scored by generation (exact match / ROUGE)
+eval_max_new_tokens = 0  # tokens generated per example at evaluation; 0 = the longest val answer
+init_from = 'scratch'    # 'scratch' | 'resume' | 'gpt2'... | a GPT-2 directory | a base checkpoint .pt
+# data
+dataset = 'toy'          # 'toy' (generated) or a folder under data/ written by its prepare.py
+data_dir = 'data'
+toy_ops = 'CRSD'         # copy, reverse, sort, deduplicate
+toy_min_len = 4          # data length range of the toy examples
+toy_max_len = 12
+toy_n_symbols = 10
+toy_op_position = 'after'  # 'after' the data (bidirectional reading should matter) or 'before'
+toy_n_train = 20000
+toy_n_val = 500
+toy_seed = 1337          # the dataset's seed; `seed` below is the training run's
+# method
+method = 'bitune'        # 'causal' | 'bitune' | 'bai' | 'bitune_bai'
+bitune_variant = 'full'  # 'full' | 'naive' | 'no_mixing' | 'only_causal' | 'shared' | 'fixed' (see bitune.py)
+bitune_theta_init = 0.01
+bai_lambda = 1.0         # weight of the awareness loss
+bai_schedule = 'constant'  # 'constant' | 'linear' | 'exp' (see bai.py)
+bai_eta = 1.0
+bai_gamma = 0.5
+bai_phi = 1000.0
+bai_layer = -1           # pivot layer: -1 = final hidden state (after ln_f), else a block index
+bai_loss = 'mse'         # 'mse' | 'cosine' | 'ce'
+bai_detach_target = True
+# model (ignored when init_from loads a model)
+n_layer = 4
+n_head = 4
+n_embd = 128
+block_size = 64
+dropout = 0.0
+bias = True
+# parameter-efficient fine-tuning
+peft = 'none'            # 'none': train every weight | 'lora': frozen base + adapters
+lora_r = 8
+lora_alpha = 8           # scale = lora_alpha / lora_r
+lora_dropout = 0.0
+lora_targets = 'c_attn,c_proj,c_fc'
+# optimizer
+learning_rate = 1e-3
+max_iters = 2000
+batch_size = 64
+gradient_accumulation_steps = 1
+weight_decay = 0.1       # base weights only; adapters and mixing scalars get none
+beta1 = 0.9
+beta2 = 0.99
+adam_eps = 1e-8
+grad_clip = 1.0          # 0 = off
+warmup_iters = 100
+decay = 'cosine'         # 'cosine' | 'linear' | 'constant' after warm-up
+min_lr = 1e-4
+# system
+device = 'auto'          # 'auto' (cuda, then mps, then cpu) | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
+dtype = 'auto'           # 'auto' (bfloat16 where supported, else float32) | 'float32' | 'bfloat16' | 'float16'
+compile = False          # torch.compile the model (CUDA; slower start, faster steps)
+seed = 1337
+# -----------------------------------------------------------------------------
+DEFAULTS = {k: v for k, v in dict(globals()).items()
+            if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+METHODS = ('causal', 'bitune', 'bai', 'bitune_bai')
+
+
+class StopTraining(Exception):
+    """The run cannot go on (e.g. the loss is no longer finite); the message says why and what to do."""
+
+
+def check_config(c):
+    """Fail at start-up, with what to do, rather than deep inside a run."""
+    choices = {'method': METHODS, 'peft': ('none', 'lora'), 'decay': ('cosine', 'linear', 'constant'),
+               'dtype': ('auto', 'float32', 'bfloat16', 'float16'), 'toy_op_position': ('after', 'before'),
+               'bai_loss': ('mse', 'cosine', 'ce'), 'bai_schedule': ('constant', 'linear', 'exp')}
+    for key, allowed in choices.items():
+        if getattr(c, key) not in allowed:
+            raise ValueError(f"{key}={getattr(c, key)!r}: choose one of {allowed}")
+    for key in ('max_iters', 'batch_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters'):
+        if getattr(c, key) < 1:
+            raise ValueError(f"{key} must be at least 1, got {getattr(c, key)}")
+
+
+def pick_device(name):
+    if name != 'auto':
+        return name
+    if torch.cuda.is_available():
+        return 'cuda'
+    if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
+        return 'mps'
+    return 'cpu'
+
+
+def lr_at(it, c):
+    """Linear warm-up, then cosine or linear decay to min_lr at max_iters."""
+    if it < c.warmup_iters:
+        return c.learning_rate * (it + 1) / c.warmup_iters
+    if c.decay == 'constant':
+        return c.learning_rate
+    progress = min(1.0, (it - c.warmup_iters) / max(1, c.max_iters - c.warmup_iters))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if c.decay == 'cosine' else 1 - progress
+    return c.min_lr + shape * (c.learning_rate - c.min_lr)
+
+
+def main(argv=None):
+    c = SimpleNamespace(**configure(DEFAULTS, sys.argv[1:] if argv is None else argv))
+    check_config(c)
+    dev = pick_device(c.device)
+    device_type = 'cuda' if dev.startswith('cuda') else dev
+    dtype = c.dtype
+    if dtype == 'auto':
+        dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+    # autocast runs matmuls in bf16/fp16 while the weights and the optimizer stay in float32
+    ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))  # fp16 needs loss scaling; bf16 does not
+    os.makedirs(c.out_dir, exist_ok=True)
+    ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
+
+    # ---- data
+    if c.dataset == 'toy':
+        task = load_task('toy', seed=c.toy_seed, n_train=c.toy_n_train, n_val=c.toy_n_val, ops=c.toy_ops,
+                         min_len=c.toy_min_len, max_len=c.toy_max_len, n_symbols=c.toy_n_symbols,
+                         op_position=c.toy_op_position)
+    else:
+        task = load_task(c.dataset, data_dir=c.data_dir)
+    meta, train_set, val_set = task['meta'], task['train'], task['val']
+
+    # ---- model: new, or exactly where a killed run stopped
+    torch.manual_seed(c.seed)
+    ckpt = None
+    if c.init_from == 'resume':
+        ckpt = load_checkpoint(ckpt_path)
+        saved = ckpt['config']
+        changed = {k: (saved[k], getattr(c, k)) for k in saved
+                   if k not in ('init_from', 'max_iters', 'eval_interval', 'device', 'compile')
+                   and saved[k] != getattr(c, k)}
+        if changed:
+            raise ValueError(f"resume: these settings differ from the saved run {changed}; pass the same "
+                             f"config (only max_iters, eval_interval, device and compile may change)")
+        model, gpt, _ = model_from_checkpoint(ckpt_path, 'cpu')
+        run_cfg = {**saved, 'max_iters': c.max_iters, 'eval_interval': c.eval_interval}
+    else:
+        model, gpt = build_model(vars(c), meta)
+        run_cfg = dict(vars(c))
+    check_fits(task, gpt.config.block_size)
+    model.to(dev)
+    trainable, total = count_params(model)
+    print(f"method {c.method} ({c.bitune_variant if c.method.startswith('bitune') else ''}), peft {c.peft}, "
+          f"{total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable; device {dev}, {dtype}")
+
+    optimizer = configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device_type,
+                                     eps=c.adam_eps)
+    data_rng = torch.Generator().manual_seed(c.seed)  # batches come from here, so evaluation never shifts them
+    iter_num, best_val = 0, float('inf')
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt['optimizer'])
+        iter_num, best_val = ckpt['iter_num'], ckpt['best_val_loss']
+        data_rng.set_state(ckpt['rng']['data'])
+        torch.set_rng_state(ckpt['rng']['torch'])  # dropout draws from the global RNG
+        if device_type == 'cuda' and 'cuda' in ckpt['rng']:
+            torch.cuda.set_rng_state(ckpt['rng']['cuda'])
+        print(f"resumed from {ckpt_path} at iteration {iter_num}")
+    elif os.path.exists(os.path.join(c.out_dir, 'log.jsonl')):
+        os.remove(os.path.join(c.out_dir, 'log.jsonl'))  # a fresh run starts a fresh log
+    fwd_model = torch.compile(model) if c.compile else model  # keep `model` uncompiled for saving (no _orig_mod.)
+
+    # ---- one method = one small branch: the loss of a batch
+    bai_weight = 0.0
+    if c.method in ('bai', 'bitune_bai'):
+        import bai
+
+    def batch_loss(batch):
+        """Returns (loss to optimise, {numbers to log}); 'ce_loss' is always the answer tokens' cross-entropy,
+        the number every method is compared on."""
+        if c.method == 'causal':
+            loss = fwd_model(batch['idx'], batch['targets'])[1]
+            return loss, {'ce_loss': loss.item()}
+        if c.method == 'bai':
+            total, ce, aware = bai.compute_loss(fwd_model, batch, weight=bai_weight, layer=c.bai_layer,
+                                                kind=c.bai_loss, detach_target=c.bai_detach_target)
+            numbers = {'ce_loss': ce.item()}
+            if aware is not None:  # None when the weight is 0: the step is then exactly the causal baseline
+                numbers['bai_loss'] = aware.item()
+            return total, numbers
+        loss, aux = fwd_model(batch)  # Bitune: two prompt passes, the mix, the answer pass
+        if c.method == 'bitune_bai':
+            aware = bai.awareness_from_pivots(aux['bidir_hidden'], aux['prefix_valid'], batch, gpt,
+                                              kind=c.bai_loss, detach_target=c.bai_detach_target)
+            return loss + bai_weight * aware, {'ce_loss': loss.item(), 'bai_loss': aware.item()}
+        return loss, {'ce_loss': loss.item()}
+
+    @torch.no_grad()
+    def evaluate():
+        model.eval()
+        g = torch.Generator().manual_seed(0)  # the same val batches at every evaluation
+        losses = []
+        for _ in range(c.eval_iters):
+            ids = torch.randint(len(val_set), (c.batch_size,), generator=g).tolist()
+            with ctx:
+                losses.append(batch_loss(collate([val_set[i] for i in ids], dev, meta['pad']))[1]['ce_loss'])
+        scores, lines = evaluate_task(model, val_set[:c.eval_examples], meta, dev, batch_size=c.batch_size,
+                                      max_new_tokens=c.eval_max_new_tokens or None)
+        model.train()
+        return sum(losses) / len(losses), scores, lines
+
+    # ---- the training loop
+    model.train()
+    t_start, tokens_seen, recent = time.time(), 0, []
+    bar = tqdm(range(iter_num, c.max_iters), initial=iter_num, total=c.max_iters, desc=c.method, dynamic_ncols=True,
+               mininterval=1.0)
+    for it in bar:
+        lr = lr_at(it, c)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        if c.method in ('bai', 'bitune_bai'):
+            bai_weight = c.bai_lambda * bai.schedule(it, c.bai_schedule, eta=c.bai_eta, gamma=c.bai_gamma,
+                                                     phi=c.bai_phi, max_iters=c.max_iters)
+        # every micro-batch first, so each can be weighted by its share of the step's answer tokens
+        micro = [collate([train_set[i] for i in torch.randint(len(train_set), (c.batch_size,), generator=data_rng).tolist()],
+                         dev, meta['pad']) for _ in range(c.gradient_accumulation_steps)]
+        n_answer = sum(int(b['answer_len'].sum()) for b in micro)
+        step_loss, logged = 0.0, {}
+        for batch in micro:
+            with ctx:
+                loss, numbers = batch_loss(batch)
+            share = int(batch['answer_len'].sum()) / n_answer  # token-weighted mean over the whole step
+            scaler.scale(loss * share).backward()
+            step_loss += loss.item() * share
+            for k, v in numbers.items():
+                logged[k] = logged.get(k, 0.0) + v * share
+            tokens_seen += int(batch['valid'].sum())
+        if not math.isfinite(step_loss):
+            bar.close()
+            raise StopTraining(f"loss became {step_loss} at iteration {it}; the last good checkpoint is kept in "
+                               f"{ckpt_path}. Try a lower learning_rate, grad_clip=1.0, or dtype='float32'.")
+        if c.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        recent.append(logged)
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.1e}", refresh=False)
+
+        done = it + 1
+        if done % c.eval_interval == 0 or done == c.max_iters:
+            val_loss, scores, lines = evaluate()
+            elapsed = time.time() - t_start
+            keys = {k for r in recent for k in r}  # means since the last evaluation, over the steps that logged each
+            means = {k: sum(r[k] for r in recent if k in r) / sum(k in r for r in recent) for k in keys}
+            row = {'iter': done, 'train_loss': means.pop('ce_loss'), 'val_loss': val_loss, **scores,
+                   'lr': lr, 'tokens_per_s': tokens_seen / elapsed, 'elapsed_s': elapsed, **means}
+            if c.method in ('bai', 'bitune_bai'):
+                row['bai_weight'] = bai_weight
+            if c.method.startswith('bitune'):
+                row.update(model.alphas())
+            recent = []
+            with open(os.path.join(c.out_dir, 'log.jsonl'), 'a') as f:
+                f.write(json.dumps(row) + '\n')
+            metric = ', '.join(f"{k} {v:.1f}" for k, v in scores.items() if not k.startswith('em_'))
+            tqdm.write(f"iter {done}: train {row['train_loss']:.4f}, val {val_loss:.4f}, {metric}")
+            for line in lines:
+                tqdm.write(f"    {line}")
+            best_val = min(best_val, val_loss)
+            rng = {'data': data_rng.get_state(), 'torch': torch.get_rng_state()}
+            if device_type == 'cuda':
+                rng['cuda'] = torch.cuda.get_rng_state()
+            save_checkpoint(ckpt_path, {
+                'model': state_to_save(model, run_cfg), 'adapter_only': is_adapter_only(run_cfg),
+                'optimizer': optimizer.state_dict(), 'iter_num': done, 'best_val_loss': best_val,
+                'config': run_cfg, 'model_args': vars(gpt.config), 'meta': meta, 'rng': rng})
+    bar.close()
+
+    # ---- the end: pictures and a summary
+    from plot import plot_run
+    written = plot_run(c.out_dir)
+    with open(os.path.join(c.out_dir, 'log.jsonl')) as f:
+        last = json.loads(f.read().strip().splitlines()[-1])
+    summary = ', '.join(f"{k} {last[k]:.1f}" for k in last if k == 'exact_match' or k.startswith('rouge'))
+    print(f"done: {c.method} on {meta['name']}, {last['iter']} iterations in {time.time() - t_start:.0f}s; "
+          f"val loss {last['val_loss']:.4f}; {summary}")
+    print(f"checkpoint {ckpt_path}; plots {', '.join(written)}")
+    return last
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except (ValueError, FileNotFoundError, StopTraining) as e:  # configuration and data problems: the message says it all
+        sys.exit(f"error: {e}")
