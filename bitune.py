@@ -7,7 +7,7 @@ adapters, 'causal' and 'bidir'. The prompt minus its last token is read twice:
 Pass A without a causal mask ('bidir' adapter), Pass B with one ('causal'
 adapter). Each layer's keys and values of the two passes are mixed with learned
 scalars, and Pass C reads the answer causally on top of that mixed prefix. The
-steps below follow the method section (and ../shared/design/METHODS.md) in order.
+steps below follow the paper's method section in order (the README lists our choices).
 
     gpt = add_lora(GPT(cfg), names=('causal', 'bidir')); mark_only_lora_trainable(gpt)
     bitune = Bitune(gpt)                          # variant='full'

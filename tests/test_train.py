@@ -117,3 +117,22 @@ def test_learning_rate_schedule():
     assert train.lr_at(60, c) == pytest.approx(0.55) and train.lr_at(110, c) == pytest.approx(0.1)
     c.decay = 'linear'
     assert train.lr_at(35, c) == pytest.approx(0.775)
+
+
+@pytest.mark.parametrize('method', ['bitune', 'bai', 'bitune_bai'])
+def test_each_method_trains_logs_its_numbers_and_samples(tmp_path, method, capsys):
+    _, out = run(tmp_path, f'--method={method}', '--max_iters=4', '--eval_interval=2')
+    rows = read_log(out)
+    if method.startswith('bitune'):
+        assert len(rows[-1]['alpha_k']) == 2 and len(rows[-1]['alpha_v']) == 2  # one per layer
+        assert rows[0]['alpha_k'] != rows[-1]['alpha_k']  # the mixing scalars are trained
+        assert os.path.exists(os.path.join(out, 'alpha.png'))
+        ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
+        assert 'mix_theta_k' in ckpt['model'] and any('lora_A.bidir' in k for k in ckpt['model'])
+    if method.endswith('bai'):
+        assert rows[-1]['bai_loss'] > 0 and rows[-1]['bai_weight'] == 1.0
+    # sample.py rebuilds the same model from the checkpoint (Bitune generates with its two-pass prefill)
+    model, _, _ = checkpoint.model_from_checkpoint(os.path.join(out, 'ckpt.pt'))
+    assert type(model).__name__ == ('Bitune' if method.startswith('bitune') else 'GPT')
+    assert len(sample.main([f'--ckpt={out}/ckpt.pt', '--start=0123 R'])) == 1
+
