@@ -72,14 +72,15 @@ class Bitune(nn.Module):
         since only its K/V reach the answer, the last block's attention output and MLP adapters get
         no gradient from this pass."""
         with adapter(self.gpt, self.a_adapter):
-            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn=self.a_attn, return_kv=True, hidden_layer=-1)
+            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn=self.a_attn, return_kv=True, hidden_layer=-1,
+                                 return_logits=False)  # its logits are never used: skip lm_head
         return aux['kv'], aux['hidden']
 
     def pass_b(self, prefix, pos, valid):
         """3. Pass B: the same prefix and positions, the ordinary causal mask, 'causal' adapter.
         Independent of Pass A: nothing mixed is fed back into either pass."""
         with adapter(self.gpt, self.causal_adapter):
-            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn='causal', return_kv=True)
+            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn='causal', return_kv=True, return_logits=False)
         return aux['kv']
 
     def alpha(self):

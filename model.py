@@ -288,7 +288,7 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None, *, pos=None, valid=None, attn='causal', past_kv=None,
-                return_kv=False, hidden_layer=None):
+                return_kv=False, hidden_layer=None, return_logits=True):
         """Logits for every position, and the loss when targets are given.
 
         idx (B, T) token ids; targets (B, T) next tokens, -1 where no loss is taken.
@@ -297,7 +297,8 @@ class GPT(nn.Module):
         attn 'causal' or 'bidir'. past_kv: per layer (k, v), each (B, nh, past_len, hs).
         return_kv: also return every layer's (k, v) for past + current tokens, with
         their autograd graph. hidden_layer: also return the hidden state after block
-        i, or after the final LayerNorm for -1.
+        i, or after the final LayerNorm for -1. return_logits=False skips lm_head (logits
+        is None): a pass that only needs K/V or hidden states saves a (T x vocab) matmul.
         Returns (logits, loss), or (logits, loss, aux) with aux = {'kv', 'hidden'}
         when return_kv or hidden_layer is asked for.
         """
@@ -336,10 +337,12 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if hidden_layer == -1:
             hidden = x
-        logits = self.lm_head(x)  # (B, T, vocab): every position, not only the last
+        logits = self.lm_head(x) if return_logits else None  # (B, T, vocab): every position, not only the last
 
         loss = None
         if targets is not None:
+            if logits is None:
+                raise ValueError("a loss needs logits: do not pass return_logits=False with targets")
             # a mean over every target that is not -1: each answer TOKEN in the batch weighs the same
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         if not return_kv and hidden_layer is None:

@@ -289,3 +289,14 @@ def test_optimizer_groups_put_adapters_apart_without_decay(tiny_gpt):
     mark_only_lora_trainable(model)
     opt = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.99), 'cpu')
     assert len(opt.param_groups) == 1  # only the adapters are left to train
+
+
+def test_return_logits_false_skips_the_head_but_keeps_kv_and_hidden(tiny_gpt):
+    model = tiny_gpt()
+    idx = torch.randint(0, 23, (2, 6))
+    logits, _, aux = model(idx, return_kv=True, hidden_layer=-1)
+    none, _, aux2 = model(idx, return_kv=True, hidden_layer=-1, return_logits=False)
+    assert none is None and torch.equal(aux['hidden'], aux2['hidden'])
+    assert torch.equal(aux['kv'][1][0], aux2['kv'][1][0])
+    with pytest.raises(ValueError, match='needs logits'):
+        model(idx, idx, return_logits=False)
