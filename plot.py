@@ -39,7 +39,7 @@ def plot_run(out_dir):
     has_bai = any('bai_loss' in r for r in rows)
     fig, axes = plt.subplots(1, 2 if has_bai else 1, figsize=(11 if has_bai else 6, 4), squeeze=False)
     ax = axes[0][0]
-    ax.plot(it, [r['train_loss'] for r in rows], label='train')
+    ax.plot(it, [r.get('train_loss', float('nan')) for r in rows], label='train')  # none at iteration 0
     ax.plot(it, [r['val_loss'] for r in rows], label='val')
     ax.set(xlabel='iteration', ylabel='cross-entropy on answer tokens', yscale='log', title='loss')
     ax.legend()

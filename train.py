@@ -190,10 +190,10 @@ def main(argv=None):
     optimizer = configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device_type,
                                      eps=c.adam_eps)
     data_rng = torch.Generator().manual_seed(c.seed)  # batches come from here, so evaluation never shifts them
-    iter_num, best_val = 0, float('inf')
+    iter_num = 0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt['optimizer'])
-        iter_num, best_val = ckpt['iter_num'], ckpt['best_val_loss']
+        iter_num = ckpt['iter_num']
         data_rng.set_state(ckpt['rng']['data'])
         torch.set_rng_state(ckpt['rng']['torch'])  # dropout draws from the global RNG
         if device_type == 'cuda' and 'cuda' in ckpt['rng']:
@@ -242,12 +242,50 @@ def main(argv=None):
         model.train()
         return sum(losses) / len(losses), scores, lines
 
+    log_path = os.path.join(c.out_dir, 'log.jsonl')
+
+    def log_evaluation(done, lr):
+        """Evaluate, append one row to log.jsonl and print it. Train numbers are means since the last row."""
+        val_loss, scores, lines = evaluate()
+        elapsed = time.time() - t_start
+        keys = {k for r in recent for k in r}
+        means = {k: sum(r[k] for r in recent if k in r) / sum(k in r for r in recent) for k in keys}
+        row = {'iter': done, 'val_loss': val_loss, **scores, 'lr': lr,
+               'tokens_per_s': tokens_seen / max(train_time, 1e-9), 'elapsed_s': elapsed}  # tokens/s: training steps only
+        if means:  # the row at iteration 0 (before any training) has no train loss
+            row['train_loss'] = means.pop('ce_loss')
+            row.update(means)
+        if c.method in ('bai', 'bitune_bai'):
+            row['bai_weight'] = bai_weight
+        if c.method.startswith('bitune'):
+            row.update(model.alphas())
+        recent.clear()
+        with open(log_path, 'a') as f:
+            f.write(json.dumps(row) + '\n')
+        metric = ', '.join(f"{k} {v:.1f}" for k, v in scores.items() if not k.startswith('em_'))
+        train_part = f"train {row['train_loss']:.4f}, " if 'train_loss' in row else ''
+        tqdm.write(f"iter {done}: {train_part}val {val_loss:.4f}, {metric}")
+        for line in lines:
+            tqdm.write(f"    {line}")
+
+    def save(done):
+        rng = {'data': data_rng.get_state(), 'torch': torch.get_rng_state()}
+        if device_type == 'cuda':
+            rng['cuda'] = torch.cuda.get_rng_state()
+        save_checkpoint(ckpt_path, {
+            'model': state_to_save(model, run_cfg), 'adapter_only': is_adapter_only(run_cfg),
+            'optimizer': optimizer.state_dict(), 'iter_num': done,
+            'config': run_cfg, 'model_args': vars(gpt.config), 'meta': meta, 'rng': rng})
+
     # ---- the training loop
     model.train()
-    t_start, tokens_seen, recent = time.time(), 0, []
+    t_start, train_time, tokens_seen, recent = time.time(), 0.0, 0, []
+    if iter_num == 0:
+        log_evaluation(0, 0.0)  # where training starts from: alpha = 0.5, an untrained (or zero-shot) model
     bar = tqdm(range(iter_num, c.max_iters), initial=iter_num, total=c.max_iters, desc=c.method, dynamic_ncols=True,
                mininterval=1.0)
     for it in bar:
+        t_step = time.time()
         lr = lr_at(it, c)
         for group in optimizer.param_groups:
             group['lr'] = lr
@@ -255,8 +293,9 @@ def main(argv=None):
             bai_weight = c.bai_lambda * bai.schedule(it, c.bai_schedule, eta=c.bai_eta, gamma=c.bai_gamma,
                                                      phi=c.bai_phi, max_iters=c.max_iters)
         # every micro-batch first, so each can be weighted by its share of the step's answer tokens
-        micro = [collate([train_set[i] for i in torch.randint(len(train_set), (c.batch_size,), generator=data_rng).tolist()],
-                         dev, meta['pad']) for _ in range(c.gradient_accumulation_steps)]
+        picks = [torch.randint(len(train_set), (c.batch_size,), generator=data_rng).tolist()
+                 for _ in range(c.gradient_accumulation_steps)]
+        micro = [collate([train_set[i] for i in ids], dev, meta['pad']) for ids in picks]
         n_answer = sum(int(b['answer_len'].sum()) for b in micro)
         step_loss, logged = 0.0, {}
         for batch in micro:
@@ -279,35 +318,13 @@ def main(argv=None):
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         recent.append(logged)
+        train_time += time.time() - t_step
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.1e}", refresh=False)
 
         done = it + 1
         if done % c.eval_interval == 0 or done == c.max_iters:
-            val_loss, scores, lines = evaluate()
-            elapsed = time.time() - t_start
-            keys = {k for r in recent for k in r}  # means since the last evaluation, over the steps that logged each
-            means = {k: sum(r[k] for r in recent if k in r) / sum(k in r for r in recent) for k in keys}
-            row = {'iter': done, 'train_loss': means.pop('ce_loss'), 'val_loss': val_loss, **scores,
-                   'lr': lr, 'tokens_per_s': tokens_seen / elapsed, 'elapsed_s': elapsed, **means}
-            if c.method in ('bai', 'bitune_bai'):
-                row['bai_weight'] = bai_weight
-            if c.method.startswith('bitune'):
-                row.update(model.alphas())
-            recent = []
-            with open(os.path.join(c.out_dir, 'log.jsonl'), 'a') as f:
-                f.write(json.dumps(row) + '\n')
-            metric = ', '.join(f"{k} {v:.1f}" for k, v in scores.items() if not k.startswith('em_'))
-            tqdm.write(f"iter {done}: train {row['train_loss']:.4f}, val {val_loss:.4f}, {metric}")
-            for line in lines:
-                tqdm.write(f"    {line}")
-            best_val = min(best_val, val_loss)
-            rng = {'data': data_rng.get_state(), 'torch': torch.get_rng_state()}
-            if device_type == 'cuda':
-                rng['cuda'] = torch.cuda.get_rng_state()
-            save_checkpoint(ckpt_path, {
-                'model': state_to_save(model, run_cfg), 'adapter_only': is_adapter_only(run_cfg),
-                'optimizer': optimizer.state_dict(), 'iter_num': done, 'best_val_loss': best_val,
-                'config': run_cfg, 'model_args': vars(gpt.config), 'meta': meta, 'rng': rng})
+            log_evaluation(done, lr)
+            save(done)
     bar.close()
 
     # ---- the end: pictures and a summary

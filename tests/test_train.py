@@ -27,7 +27,7 @@ def read_log(out):
 def test_a_tiny_run_writes_its_log_checkpoint_and_plots(tmp_path):
     last, out = run(tmp_path, '--method=causal', '--max_iters=6', '--eval_interval=3')
     rows = read_log(out)
-    assert [r['iter'] for r in rows] == [3, 6]
+    assert [r['iter'] for r in rows] == [0, 3, 6]  # 0: before training
     for key in ('train_loss', 'val_loss', 'exact_match', 'em_R', 'tokens_per_s', 'elapsed_s', 'lr'):
         assert key in rows[-1], key
     for f in ('ckpt.pt', 'loss.png', 'metric.png'):
@@ -54,9 +54,9 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypa
     monkeypatch.setattr(train, 'save_checkpoint', real_save)
     run(tmp_path, *args, '--init_from=resume', name='killed')
     resumed = read_log(str(tmp_path / 'killed'))
-    assert [r['iter'] for r in resumed] == [4, 8]
+    assert [r['iter'] for r in resumed] == [0, 4, 8]
     for a, b in zip(straight, resumed):
-        assert a['train_loss'] == b['train_loss'] and a['val_loss'] == b['val_loss']
+        assert a.get('train_loss') == b.get('train_loss') and a['val_loss'] == b['val_loss']
 
 
 def test_a_short_run_learns_an_easy_task_and_sample_py_uses_it(tmp_path, capsys):
@@ -125,6 +125,7 @@ def test_each_method_trains_logs_its_numbers_and_samples(tmp_path, method, capsy
     rows = read_log(out)
     if method.startswith('bitune'):
         assert len(rows[-1]['alpha_k']) == 2 and len(rows[-1]['alpha_v']) == 2  # one per layer
+        assert rows[0]['alpha_k'] == [0.5, 0.5]  # theta starts at theta_init
         assert rows[0]['alpha_k'] != rows[-1]['alpha_k']  # the mixing scalars are trained
         assert os.path.exists(os.path.join(out, 'alpha.png'))
         ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
