@@ -145,12 +145,13 @@ def compute_loss(model, batch, *, weight, layer=-1, kind='mse', detach_target=Tr
     with weight == 0 BAI is skipped entirely (bai is None) and this is exactly the
     baseline's call, so lambda = 0 reproduces the baseline bit for bit.
     """
-    args = (batch['idx'], batch['targets'])
-    kw = dict(pos=batch['pos'], valid=batch['valid'])
+    # The batch is right-padded, so the causal mask alone keeps real tokens from seeing padding:
+    # the very call train.py makes for the causal baseline (and SDPA's fast path).
+    idx, targets = batch['idx'], batch['targets']
     if weight == 0:
-        _, ce = model(*args, **kw)
+        _, ce = model(idx, targets)
         return ce, ce, None
-    _, ce, aux = model(*args, **kw, hidden_layer=layer)
+    _, ce, aux = model(idx, targets, hidden_layer=layer)
     E, pivot_valid = pivots(aux['hidden'], batch)
     l_bai = awareness_from_pivots(E, pivot_valid, batch, model, kind, detach_target)
     return ce + weight * l_bai, ce, l_bai
