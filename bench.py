@@ -1,0 +1,324 @@
+"""
+Speed and memory of causal tuning, Bitune (arXiv 2405.14862) and BAI (arXiv 2408.13959) on this machine.
+
+    python bench.py                          # train.py's toy model; about 2 minutes on a 2-core CPU
+    python bench.py --model=gpt2-shape       # GPT-2 124M's shape with random weights (nothing is downloaded)
+    python bench.py --dtype=bfloat16 --compile=True --out=bench_gpu.json   # the same on a GPU
+    python bench.py --quick=True             # one or two calls of everything: for tests, not for numbers
+
+One table per part, and every number in bench.json (--out):
+  training   ms per optimizer step (forward + backward + AdamW, median of `iters` after `warmup`) and
+             tokens/s, each method through train.py's own call (Bitune.forward, bai.compute_loss).
+  generation prefill ms and decode tokens/s, greedy, no stop token: GPT.generate and Bitune.generate
+             with the KV cache, and a loop without a cache that re-reads the whole sequence every step.
+  inference  one forward of the training batch: no adapters, a LoRA adapter unmerged, and merged.
+  targets    the project's speed goals, each printed PASS or MISS (goals, not assertions).
+Cases that are compared are timed in turns (A, B, C, A, B, C, ...), so when other jobs share the
+machine a change of load slows all of them alike. Memory: on CUDA a case's parameters and optimizer
+state plus its peak rise during a call; on a CPU the process's peak RSS so far, which is process-wide
+and never goes down, so it says how big the largest case was, not each case's own footprint.
+"""
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from contextlib import nullcontext, redirect_stdout
+from io import StringIO
+
+import torch
+
+from bai import compute_loss
+from checkpoint import build_model
+from configurator import configure
+from model import GPT, GPTConfig, add_lora, configure_optimizers, lora_layers, set_adapter
+from tasks import collate, collate_prompts
+from train import pick_device
+
+# -----------------------------------------------------------------------------
+# model
+model = 'toy'            # 'toy': the sizes below (train.py's defaults) | 'gpt2-shape': GPT-2 124M's sizes
+n_layer = 4
+n_head = 4
+n_embd = 128
+vocab_size = 18          # the toy task's vocabulary
+block_size = 64          # for training; generation gets room for the prompt + the longest generation
+# data: synthetic examples all of these lengths, so no padding blurs the token counts
+prompt_len = 12          # toy prompts average 11 tokens (^ data op =), answers 8.4 (EOS included)
+answer_len = 9
+batch_size = 64
+# what to run
+peft = 'none,lora'       # train under each: 'none' every weight | 'lora' frozen base + adapters
+gen_peft = 'lora'        # generation decodes with the 'causal' adapter unmerged, as after LoRA training
+gen_tokens = '32,128,256'  # new tokens per generation (clipped to the model's positions)
+gen_batch_size = 16      # prompts per generation; the loop without a cache is slow, so fewer than batch_size
+warmup = 3               # untimed calls of each case first (allocator, caches, compilation)
+iters = 10               # timed calls of each case (training steps, prefills; 3x for inference); the median is reported
+gen_iters = 5            # timed generations per length and method
+quick = False            # warmup 1, iters 2, gen_iters 1, gen_tokens 4,8: checks that it runs
+# system
+device = 'auto'          # 'auto' (cuda, then mps, then cpu) | 'cpu' | 'cuda' | 'mps'
+dtype = 'auto'           # 'auto' (bfloat16 on CUDA where supported, else float32) | 'float32' | 'bfloat16'
+compile = False          # torch.compile training steps and inference forwards (not generation); minutes on a CPU
+threads = 1              # torch CPU threads: 1 keeps timings steady on a shared or small CPU; 0 = torch's default
+out = 'bench.json'
+seed = 1337
+# -----------------------------------------------------------------------------
+DEFAULTS = {k: v for k, v in dict(globals()).items()
+            if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+GPT2_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
+
+
+def sync(dev):
+    """GPU kernels run asynchronously: wait for them, or we would time only their launches."""
+    if dev.startswith('cuda'):
+        torch.cuda.synchronize()
+    elif dev == 'mps':
+        torch.mps.synchronize()
+
+
+def interleaved(fns, dev, warmup, iters):
+    """fns: name -> function. Times the cases in turns; returns each one's median seconds per call
+    and, on CUDA, the most a call raised allocated memory above what was held before it (MB)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times, rise, cuda = {k: [] for k in fns}, {k: 0.0 for k in fns}, dev.startswith('cuda')
+    for _ in range(iters):
+        for k, fn in fns.items():
+            sync(dev)
+            if cuda:
+                before = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            fn()
+            sync(dev)
+            times[k].append(time.perf_counter() - t0)
+            if cuda:
+                rise[k] = max(rise[k], (torch.cuda.max_memory_allocated() - before) / 2**20)
+    return {k: statistics.median(v) for k, v in times.items()}, rise
+
+
+def memory_mb(dev, rise, model, opt=None):
+    """CUDA: parameters + AdamW's moments + the peak rise of a call. Elsewhere: the process's peak RSS
+    so far (ru_maxrss is in KB on Linux, in bytes on macOS)."""
+    if not dev.startswith('cuda'):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == 'darwin' else rss / 2**10
+    held = list(model.parameters()) + ([v for s in opt.state.values() for v in s.values()] if opt else [])
+    return rise + sum(t.numel() * t.element_size() for t in held if torch.is_tensor(t)) / 2**20
+
+
+def examples(n, P, A, vocab, g):
+    """n prompt/answer pairs of exactly P and A random tokens: the speed does not depend on which."""
+    rows = torch.randint(1, vocab, (n, P + A), generator=g).tolist()
+    return [{'prompt': r[:P], 'answer': r[P:]} for r in rows]
+
+
+def build(c, method, peft_, block):
+    """The model train.py would build for this method (checkpoint.build_model), from the same seed."""
+    torch.manual_seed(c['seed'])
+    run = dict(init_from='scratch', block_size=block, n_layer=c['n_layer'], n_head=c['n_head'], n_embd=c['n_embd'],
+               dropout=0.0, bias=True, method=method, peft=peft_, lora_r=8, lora_alpha=8, lora_dropout=0.0,
+               lora_targets='c_attn,c_proj,c_fc', bitune_variant='full', bitune_theta_init=0.01)
+    return build_model(run, {'vocab_size': c['vocab_size']}, c['dev'])[0]
+
+
+def train_step(method, model, opt, batch, ctx, compile_):
+    """One optimizer step: train.py's loss call for the method, backward, its clipping, AdamW."""
+    fwd = torch.compile(model) if compile_ else model
+
+    def step():
+        with ctx:
+            if method == 'causal':
+                loss = fwd(batch['idx'], batch['targets'])[1]
+            elif method == 'bai':
+                loss = compute_loss(fwd, batch, weight=1.0)[0]  # CE + 1.0 * L_BAI from one forward
+            else:
+                loss = fwd(batch)[0]                            # Bitune: Passes A and B, the mix, Pass C
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def bench_train(c, ctx, batch):
+    rows, (B, T), dev = [], batch['idx'].shape, c['dev']
+    for peft_ in c['peft'].split(','):
+        models = {m: build(c, m, peft_, c['block_size']).train() for m in ('causal', 'bitune', 'bai')}
+        with redirect_stdout(StringIO()):  # configure_optimizers prints parameter counts
+            opts = {m: configure_optimizers(models[m], 0.1, 1e-4, (0.9, 0.99), dev.split(':')[0]) for m in models}
+        t, rise = interleaved({m: train_step(m, models[m], opts[m], batch, ctx, c['compile']) for m in models},
+                              dev, c['warmup'], c['iters'])
+        rows += [dict(method=m, peft=peft_, ms_per_step=1e3 * s, vs_causal=s / t['causal'], tokens_per_s=B * T / s,
+                      peak_mem_mb=memory_mb(dev, rise[m], models[m], opts[m])) for m, s in t.items()]
+    return rows
+
+
+@torch.no_grad()
+def decode_no_cache(gpt, idx, valid, n):
+    """Greedy decoding that re-reads the whole sequence at every step, as a model without a KV cache
+    must. Returns the seconds spent after each step, so one run serves every length."""
+    pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # as GPT.generate: left padding gets position 0
+    one = torch.ones(idx.size(0), 1, dtype=torch.long, device=idx.device)
+    t0, clock = time.perf_counter(), []
+    for _ in range(n):
+        tok = gpt(idx, pos=pos, valid=valid)[0][:, -1].argmax(-1, keepdim=True)  # (B, 1)
+        idx, valid = torch.cat([idx, tok], 1), torch.cat([valid, one.bool()], 1)
+        pos = torch.cat([pos, pos[:, -1:] + one], 1)
+        sync(str(idx.device))
+        clock.append(time.perf_counter() - t0)
+    return clock
+
+
+@torch.no_grad()
+def bench_generate(c, ctx, idx, valid):
+    (B, P), dev = idx.shape, c['dev']
+    wanted = [int(n) for n in c['gen_tokens'].split(',')]
+    block = c['block_size'] if c['model'] == 'gpt2-shape' else max(c['block_size'], P + max(wanted))
+    lengths = sorted({max(1, min(n, block - P)) for n in wanted})
+    models = {m: build(c, m, c['gen_peft'], block).eval() for m in ('causal', 'bitune')}
+    causal, bitune = models['causal'], models['bitune']
+    pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+    rows = []
+    with ctx:
+        # the prompt alone: GPT.generate's first call; Bitune's Passes A, B, the mix and Pass C on the last token
+        pre, _ = interleaved({'causal': lambda: causal(idx, pos=pos, valid=valid, return_kv=True),
+                              'bitune': lambda: bitune.prefill(idx, pos, valid)}, dev, 1, c['iters'])
+        for n in lengths:
+            t, rise = interleaved({m: (lambda m=m: models[m].generate(idx, n, temperature=0.0, valid=valid))
+                                   for m in models}, dev, 0, c['gen_iters'])  # the prefills warmed them up
+            # decoding = the whole generate() minus its prefill
+            rows += [dict(method=m, new_tokens=n, prefill_ms=1e3 * pre[m],
+                          decode_tokens_per_s=B * n / max(t[m] - pre[m], 1e-9),
+                          peak_mem_mb=memory_mb(dev, rise[m], models[m])) for m in models]
+        decode_no_cache(causal, idx, valid, 2)  # warm-up; then one run to the longest length serves all
+        clock = []
+        _, rise = interleaved({'no_cache': lambda: clock.extend(decode_no_cache(causal, idx, valid, lengths[-1]))},
+                              dev, 0, 1)
+        # its first step is the prefill; decoding is the rest, as for the cached rows
+        rows += [dict(method='no_cache', new_tokens=n, prefill_ms=1e3 * clock[0],
+                      decode_tokens_per_s=B * n / max(clock[n - 1] - clock[0], 1e-9),
+                      peak_mem_mb=memory_mb(dev, rise['no_cache'], causal)) for n in lengths]
+    return rows
+
+
+@torch.no_grad()
+def bench_lora(c, ctx, batch):
+    """The same weights three ways: no adapters, a LoRA adapter computed on the side, and merged into W."""
+    conf = GPTConfig(**{k: c[k] for k in ('n_layer', 'n_head', 'n_embd', 'vocab_size', 'block_size')})
+    torch.manual_seed(c['seed'])
+    models = {'plain': GPT(conf).to(c['dev']).eval()}
+    for case in ('unmerged', 'merged'):
+        m = add_lora(GPT(conf), names=('causal',)).to(c['dev']).eval()
+        m.load_state_dict(models['plain'].state_dict(), strict=False)
+        for layer in lora_layers(m):
+            torch.nn.init.normal_(layer.lora_B['causal'], std=0.02)  # B starts at 0; a trained adapter's is not
+            if case == 'merged':
+                layer.merge('causal')
+        set_adapter(m, 'causal')
+        models[case] = m
+    fns = {k: (lambda f=(torch.compile(m) if c['compile'] else m): f(batch['idx'])) for k, m in models.items()}
+    with ctx:
+        # 3 x iters: the three do the same work (but for the side path), so only many rounds resolve a few %
+        t, rise = interleaved(fns, c['dev'], c['warmup'], 3 * c['iters'])
+    return [dict(case=k, ms=1e3 * s, tokens_per_s=batch['idx'].numel() / s,
+                 peak_mem_mb=memory_mb(c['dev'], rise[k], models[k])) for k, s in t.items()]
+
+
+def targets(train, gen, lora, ratio):
+    """The project's speed goals: (name, measured value, goal, met?)."""
+    goals = []
+    for peft_ in dict.fromkeys(r['peft'] for r in train):
+        rel = next(r['vs_causal'] for r in train if r['peft'] == peft_ and r['method'] == 'bitune')
+        goals.append((f'Bitune training step / causal ({peft_})', rel, f'<= 1.15 x {ratio:.2f}', rel <= 1.15 * ratio))
+    n = max(r['new_tokens'] for r in gen)
+    tps = {r['method']: r['decode_tokens_per_s'] for r in gen if r['new_tokens'] == n}
+    goals.append((f'Bitune decode / causal decode, {n} tokens', tps['bitune'] / tps['causal'], '>= 0.90',
+                  tps['bitune'] >= 0.9 * tps['causal']))
+    goals.append((f'KV-cache decode / no-cache decode, {n} tokens', tps['causal'] / tps['no_cache'], '>= 5',
+                  tps['causal'] >= 5 * tps['no_cache']))
+    ms = {r['case']: r['ms'] for r in lora}
+    goals.append(('LoRA merged forward time / plain', ms['merged'] / ms['plain'], '<= 1.05',
+                  ms['merged'] <= 1.05 * ms['plain']))
+    return [dict(name=a, value=v, goal=g, ok=ok) for a, v, g, ok in goals]
+
+
+def table(title, rows):
+    """Rows of dicts as aligned columns: big numbers without decimals, small ones with two."""
+    cell = lambda v: v if isinstance(v, str) else f"{v:,.0f}" if isinstance(v, int) or v >= 100 else f"{v:.2f}"
+    w = {k: max(len(k), *(len(cell(r[k])) for r in rows)) for k in rows[0]}
+    print(f"\n{title}\n" + '  '.join(f"{k:>{w[k]}}" for k in w))
+    for r in rows:
+        print('  '.join(f"{cell(r[k]):>{w[k]}}" for k in w))
+
+
+def main(argv=None):
+    c = configure(DEFAULTS, sys.argv[1:] if argv is None else argv)
+    if c['model'] not in ('toy', 'gpt2-shape'):
+        raise ValueError(f"model={c['model']!r}: choose 'toy' (sizes from n_layer, n_embd, ...) or 'gpt2-shape'")
+    c.update(GPT2_SHAPE if c['model'] == 'gpt2-shape' else {})
+    c.update(dict(warmup=1, iters=2, gen_iters=1, gen_tokens='4,8') if c['quick'] else {})
+    P, A = c['prompt_len'], c['answer_len']
+    if P < 2 or A < 1 or P + A > c['block_size']:
+        raise ValueError(f"need prompt_len >= 2 (Bitune's prefix is the prompt minus one token), answer_len >= 1 "
+                         f"and prompt_len + answer_len <= block_size ({c['block_size']})")
+    for key, value, allowed in [('peft', p, ('none', 'lora')) for p in c['peft'].split(',')] + [
+            ('gen_peft', c['gen_peft'], ('none', 'lora')), ('dtype', c['dtype'], ('auto', 'float32', 'bfloat16'))]:
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r}: choose from {allowed}")
+    if c['threads'] > 0:
+        torch.set_num_threads(c['threads'])
+    dev = c['dev'] = pick_device(c['device'])
+    dt = c['dtype'] if c['dtype'] != 'auto' else (
+        'bfloat16' if dev.startswith('cuda') and torch.cuda.is_bf16_supported() else 'float32')
+    # autocast runs the matmuls in bfloat16 while weights and optimizer stay float32, as in train.py
+    ctx = nullcontext() if dt == 'float32' else torch.autocast(dev.split(':')[0], dtype=getattr(torch, dt))
+    g = torch.Generator().manual_seed(c['seed'])
+    batch = collate(examples(c['batch_size'], P, A, c['vocab_size'], g), dev)
+    idx, valid = collate_prompts(examples(c['gen_batch_size'], P, A, c['vocab_size'], g), dev)
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists('/proc/cpuinfo'):
+        cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), cpu)
+    load = lambda: round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else None  # 1-minute load average
+    machine = dict(device=dev, cpu=cpu, gpu=torch.cuda.get_device_name() if dev.startswith('cuda') else None,
+                   cores=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__, dtype=dt,
+                   load_before=load())
+    print(f"{dev} ({machine['gpu'] or cpu}), threads={machine['threads']}, {dt}, compile={c['compile']}; "
+          f"model {c['model']} {c['n_layer']}x{c['n_embd']}, vocab {c['vocab_size']}; "
+          f"load average {machine['load_before']} on {machine['cores']} cores")
+    if machine['load_before'] and machine['load_before'] > 0.5 * machine['cores']:
+        print("warning: other jobs are using this machine: times are longer and noisier than on an idle one "
+              "(and torch threads that outnumber the free cores wait on each other)")
+    # Bitune reads P-1 prefix tokens twice (Passes A, B), then the answer's A tokens (Pass C: the
+    # last prompt token + the answer without its EOS); a causal step reads all T = P + A tokens
+    ratio = ((P - 1) + (P - 1) + A) / (P + A)
+    t0 = time.time()
+    train = bench_train(c, ctx, batch)
+    table(f"training: batch {c['batch_size']} x (prompt {P} + answer {A}), one step = forward + backward + AdamW; "
+          f"Bitune's token-count ratio {ratio:.2f}", train)
+    gen = bench_generate(c, ctx, idx, valid)
+    table(f"generation: {c['gen_batch_size']} prompts of {P} tokens, greedy; peft {c['gen_peft']}", gen)
+    lora = bench_lora(c, ctx, batch)
+    table("inference: one forward of the training batch", lora)
+    goals = targets(train, gen, lora, ratio)
+    print("\ntargets (goals, not assertions)")
+    for t in goals:
+        print(f"  {'PASS' if t['ok'] else 'MISS'}  {t['name']}: {t['value']:.2f} (goal {t['goal']})")
+    machine['load_after'] = load()
+    print(f"{time.time() - t0:.0f}s; load average at the end {machine['load_after']}")
+    result = dict(machine=machine, config=c, token_ratio=ratio, train=train, generate=gen, lora=lora, targets=goals)
+    with open(c['out'], 'w') as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {c['out']}")
+    return result
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except ValueError as e:  # bad settings: the message says what to change
+        sys.exit(f"error: {e}")

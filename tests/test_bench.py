@@ -1,0 +1,41 @@
+"""bench.py end to end with --quick on a tiny model: every section is there with positive numbers.
+No timing is asserted: speed depends on the machine and on what else runs on it."""
+import json
+
+import pytest
+
+import bench
+
+TINY = ['--quick=True', '--n_layer=1', '--n_head=2', '--n_embd=32', '--batch_size=4', '--gen_batch_size=2',
+        '--device=cpu', '--threads=1']
+
+
+def test_quick_bench_writes_every_section(tmp_path):
+    out = tmp_path / 'bench.json'
+    bench.main(TINY + [f'--out={out}'])
+    r = json.loads(out.read_text())
+    for key in ('machine', 'config', 'token_ratio', 'train', 'generate', 'lora', 'targets'):
+        assert key in r, key
+    assert r["token_ratio"] == pytest.approx((11 + 11 + 9) / 21)  # prefix 11 twice + answer 9, over 21
+
+    assert {(t['method'], t['peft']) for t in r['train']} == {(m, p) for m in ('causal', 'bitune', 'bai')
+                                                             for p in ('none', 'lora')}
+    assert {(g['method'], g['new_tokens']) for g in r['generate']} == {(m, n) for m in ('causal', 'bitune', 'no_cache')
+                                                                      for n in (4, 8)}
+    assert {l['case'] for l in r['lora']} == {'plain', 'unmerged', 'merged'}
+    numbers = [(t, ('ms_per_step', 'tokens_per_s', 'peak_mem_mb', 'vs_causal')) for t in r['train']]
+    numbers += [(g, ('prefill_ms', 'decode_tokens_per_s', 'peak_mem_mb')) for g in r['generate']]
+    numbers += [(l, ('ms', 'tokens_per_s', 'peak_mem_mb')) for l in r['lora']]
+    for row, keys in numbers:
+        for k in keys:
+            assert row[k] > 0, (row, k)
+    assert len(r['targets']) == 5 and all(t['value'] > 0 and isinstance(t['ok'], bool) for t in r['targets'])
+
+
+def test_bad_settings_fail_with_a_clear_message(tmp_path):
+    with pytest.raises(ValueError, match='prompt_len'):
+        bench.main(TINY + ['--prompt_len=1', f'--out={tmp_path / "b.json"}'])
+    with pytest.raises(ValueError, match='gpt2-shape'):
+        bench.main(TINY + ['--model=gpt3', f'--out={tmp_path / "b.json"}'])
+    with pytest.raises(ValueError, match='peft'):
+        bench.main(TINY + ['--peft=none,qlora', f'--out={tmp_path / "b.json"}'])
