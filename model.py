@@ -78,7 +78,11 @@ class LoRALinear(nn.Linear):
         if name is None or name == self.merged:
             return y
         h = self.lora_dropout[name](x) @ self.lora_A[name].t()  # (..., r)
-        return y + (h @ self.lora_B[name].t()) * self.lora_scale[name]
+        # y + scale * h B^T as one fused multiply-add (addmm): the same numbers as writing it out,
+        # without two extra passes over y's memory (measurably faster on CPU, see bench.py)
+        out = torch.addmm(y.reshape(-1, self.out_features), h.reshape(-1, h.size(-1)), self.lora_B[name].t(),
+                          alpha=self.lora_scale[name])
+        return out.view_as(y)
 
     @torch.no_grad()
     def merge(self, name):
@@ -372,8 +376,9 @@ class GPT(nn.Module):
             raise ValueError("prompts must be LEFT-padded: the last column must be a real token in every row")
         pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # real tokens get 0, 1, ...; padding gets 0 (never seen)
         if prefill is None:
-            logits, _, aux = self(idx, pos=pos, valid=valid, return_kv=True)
-            last, kv = logits[:, -1], aux['kv']
+            # only the last position's logits are needed: skip lm_head elsewhere (a large matmul for GPT-2)
+            _, _, aux = self(idx, pos=pos, valid=valid, return_kv=True, hidden_layer=-1, return_logits=False)
+            last, kv = self.lm_head(aux['hidden'][:, -1]), aux['kv']
         else:
             last, kv = prefill(idx, pos, valid)
         next_pos = pos[:, -1:] + 1  # (B, 1)
