@@ -68,7 +68,8 @@ def test_dialogsum(enc, tmp_path):
 
     meta, splits = read_out(tmp_path / 'dialogsum')
     assert meta == {'name': 'dialogsum', 'tokenizer': 'gpt2', 'vocab_size': 50257, 'eos': EOS, 'pad': EOS,
-                    'bos': None, 'metric': 'rouge', 'block_size': BLOCK, 'max_answer': MAX_ANSWER}
+                    'bos': None, 'metric': 'rouge', 'block_size': BLOCK, 'max_answer': MAX_ANSWER,
+                    'template': mod.TEMPLATE}  # sample.py wraps a raw text with it
     train = splits['train'][0]
     # an untruncated prompt is exactly the tokenized template (the dialogue's trailing newline stripped)
     assert train['prompt'] == enc.encode_ordinary(mod.TEMPLATE.format(text=dialogue))
