@@ -2,11 +2,14 @@
 Pictures of a training run, drawn from its out_dir/log.jsonl:
 
     python plot.py out            # writes out/loss.png, out/metric.png (and out/alpha.png for Bitune)
+    python plot.py out "31415 R"  # also out/attention.png: how a causal and a bidirectional
+                                  # reading of that toy prompt attend, from out/ckpt.pt
 
 train.py calls plot_run() at the end of every run; running this file redraws
 the plots of any run, finished or not.
 """
 import json
+import math
 import os
 import sys
 
@@ -77,8 +80,68 @@ def plot_run(out_dir):
     return written
 
 
+def attention_weights(gpt, idx, layer, attn):
+    """softmax(Q K^T / sqrt(hs)) of one layer, every head: (n_head, T, T) for a single prompt idx (1, T).
+
+    SDPA never materializes these weights, so we recompute them from the block's input.
+    The active adapter is whatever the caller chose (see plot_attention)."""
+    import torch
+    from model import attention_mask
+    with torch.no_grad():
+        if layer == 0:
+            T = idx.size(1)
+            x = gpt.transformer.wte(idx) + gpt.transformer.wpe(torch.arange(T))
+        else:  # the block's input is the previous block's output
+            x = gpt(idx, attn=attn, hidden_layer=layer - 1, return_logits=False)[2]['hidden']
+        block = gpt.transformer.h[layer]
+        C, nh = x.size(-1), gpt.config.n_head
+        q, k, _ = block.attn.c_attn(block.ln_1(x)).split(C, dim=2)
+        q = q.view(1, -1, nh, C // nh).transpose(1, 2)  # (1, nh, T, hs)
+        k = k.view(1, -1, nh, C // nh).transpose(1, 2)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(C // nh)  # (1, nh, T, T)
+        mask = attention_mask(torch.ones_like(idx, dtype=torch.bool), idx.size(1), attn)
+        return scores.masked_fill(~mask, float('-inf')).softmax(-1)[0]
+
+
+def plot_attention(out_dir, text, layer=0):
+    """out_dir/attention.png: a toy prompt read causally (top) and bidirectionally (bottom), per head.
+    For a Bitune checkpoint each reading uses its own adapter, exactly as Passes B and A do."""
+    import torch
+    from checkpoint import model_from_checkpoint
+    from tasks import toy_module
+    model, gpt, ckpt = model_from_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
+    meta = ckpt['meta']
+    if meta['tokenizer'] != 'char':
+        raise ValueError("attention pictures are drawn for toy checkpoints (one character per token)")
+    prompt = toy_module().parse_prompt(text, meta)[:-1]  # Bitune's prefix: the prompt minus its last token
+    idx = torch.tensor([prompt])
+    labels = [meta['itos'][t] for t in prompt]
+    from model import adapter
+    readings = [('causal', getattr(model, 'causal_adapter', None)), ('bidir', getattr(model, 'a_adapter', None))]
+    nh = gpt.config.n_head
+    fig, axes = plt.subplots(2, nh, figsize=(2.6 * nh, 5.4), squeeze=False)
+    for row, (attn, name) in enumerate(readings):
+        names = {n for m in gpt.modules() for n in getattr(m, 'lora_A', {})}
+        with adapter(gpt, name if name in names else None):
+            w = attention_weights(gpt, idx, layer, attn)
+        for h in range(nh):
+            ax = axes[row][h]
+            ax.imshow(w[h].numpy(), vmin=0, vmax=1, cmap='viridis')
+            ax.set_xticks(range(len(labels)), labels, fontsize=7)
+            ax.set_yticks(range(len(labels)), labels, fontsize=7)
+            ax.set_title(f"{attn}, head {h}", fontsize=9)
+    fig.suptitle(f"layer {layer} attention on {text!r} (rows: queries, columns: keys)")
+    path = os.path.join(out_dir, 'attention.png')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 if __name__ == '__main__':
-    if len(sys.argv) != 2:
-        sys.exit("usage: python plot.py OUT_DIR")
+    if len(sys.argv) not in (2, 3):
+        sys.exit('usage: python plot.py OUT_DIR ["31415 R"]')
     for path in plot_run(sys.argv[1]):
         print('wrote', path)
+    if len(sys.argv) == 3:
+        print('wrote', plot_attention(sys.argv[1], sys.argv[2]))
