@@ -13,4 +13,5 @@ def test_attention_weights_are_masked_softmax_rows(tiny_gpt):
         assert causal.shape == (2, 6, 6)  # (n_head, T, T)
         assert torch.allclose(causal.sum(-1), torch.ones(2, 6)) and torch.allclose(bidir.sum(-1), torch.ones(2, 6))
         assert causal.triu(1).abs().max() == 0  # no query looks ahead
-        assert bidir.triu(1).min() > 0          # every query sees every key
+        upper = torch.ones(6, 6, dtype=torch.bool).triu(1)
+        assert bidir[:, upper].min() > 0        # every query sees every later key too
