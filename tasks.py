@@ -41,7 +41,7 @@ def load_task(name, data_dir='data', **toy_options):
     missing = [f for f in needed if not os.path.exists(f)]
     if missing:
         raise FileNotFoundError(f"dataset '{name}' is not prepared: missing {', '.join(missing)}. "
-                                f"Run `python {os.path.join(data_dir, name, 'prepare.py')}` first "
+                                f"Run `python data/{name}/prepare.py --out_dir {folder}` first "
                                 f"(or pass the right data_dir).")
     with open(needed[0]) as f:
         meta = json.load(f)

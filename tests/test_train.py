@@ -100,7 +100,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path,
 
 @pytest.mark.parametrize('args, message', [
     (['--method=magic'], "method='magic': choose one of"),
-    (['--dataset=nope'], "python data/nope/prepare.py"),
+    (['--dataset=nope'], "python data/nope/prepare.py --out_dir data/nope"),
     (['--block_size=8'], "Set block_size >= "),
     (['--max_iter=5'], "did you mean max_iters"),
     (['--init_from=resume'], "no checkpoint at"),
