@@ -80,7 +80,7 @@ lora_dropout = 0.0
 lora_targets = 'c_attn,c_proj,c_fc'
 # optimizer
 learning_rate = 1e-3
-max_iters = 2000
+max_iters = 1000         # the default run: a few minutes on a laptop CPU
 batch_size = 64
 gradient_accumulation_steps = 1
 weight_decay = 0.1       # base weights only; adapters and mixing scalars get none
