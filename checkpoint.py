@@ -15,8 +15,7 @@ import os
 import torch
 
 from model import GPT, GPTConfig, add_lora, mark_only_lora_trainable, set_adapter
-
-GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
+from weights import GPT2_NAMES
 
 
 def adapter_names(method, peft):
