@@ -78,9 +78,9 @@ def get_tokenizer(meta):
         try:
             return tiktoken.get_encoding('gpt2')
         except Exception as e:  # usually: no internet and nothing in tiktoken's cache
-            raise RuntimeError("tiktoken could not load the GPT-2 BPE files; connect once to download them, "
-                               "or set TIKTOKEN_CACHE_DIR to a folder that holds them "
-                               "(offline copies: ../shared/data/tiktoken_cache)") from e
+            raise FileNotFoundError("tiktoken could not load the GPT-2 BPE files; connect once to download them, "
+                                    "or set TIKTOKEN_CACHE_DIR to a folder that holds them "
+                                    "(offline copies: ../shared/data/tiktoken_cache)") from e
     raise ValueError(f"unknown tokenizer {meta['tokenizer']!r} in meta: expected 'char' or 'gpt2'")
 
 def collate(examples, device='cpu', pad_id=0):

@@ -97,3 +97,14 @@ def test_load_toy_passes_options():
     task = tasks.load_task('toy', seed=3, n_train=10, n_val=5, ops='RS', op_position='before')
     assert len(task['train']) == 10 and len(task['val']) == 5
     assert {ex['op'] for ex in task['train']} == {'R', 'S'} and task['meta']['op_position'] == 'before'
+
+
+def test_gpt2_tokenizer_without_its_files_says_where_to_point(monkeypatch, tmp_path):
+    import tiktoken
+    import tasks
+
+    def offline(name):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(tiktoken, 'get_encoding', offline)
+    with pytest.raises(FileNotFoundError, match='TIKTOKEN_CACHE_DIR'):
+        tasks.get_tokenizer({'tokenizer': 'gpt2'})
