@@ -4,18 +4,11 @@ import torch
 import torch.nn.functional as F
 
 from bitune import VARIANTS, Bitune
+from helpers import randomize_lora
 from model import add_lora, configure_optimizers, mark_only_lora_trainable
 
 V = 23  # the tiny_gpt vocabulary
 
-
-def randomize_lora(model, seed=1):
-    """Fresh adapters are zero by design; give B random values so they do something."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if 'lora_B' in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
 def lora_bitune(tiny_gpt, variant='full', thetas=None):

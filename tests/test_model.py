@@ -5,17 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import randomize_lora
 from model import (LoRALinear, adapter, add_lora, attention_mask, configure_optimizers, count_params,
                    load_lora_state_dict, lora_state_dict, mark_only_lora_trainable, set_adapter)
-
-
-def randomize_lora(model, seed=1):
-    """Fresh adapters are zero by design; give B random values so they do something."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if 'lora_B' in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
 # ----------------------------------------------------------------------------- forward and masks

@@ -4,11 +4,12 @@ on a few records written here (no network). A tiny --block_size makes the droppi
 cutting of long examples easy to trigger.
 Run: python -m pytest -q tests/test_summarization_data.py
 """
-import importlib.util
 import json
 import os
 
 import pytest
+
+from helpers import load_script, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EOS = 50256
@@ -26,17 +27,6 @@ def enc():
     return tiktoken.get_encoding('gpt2')
 
 
-def load_script(name):
-    """data/ is not a package, so the prepare script is loaded from its path."""
-    spec = importlib.util.spec_from_file_location(f'prepare_{name}', os.path.join(ROOT, 'data', name, 'prepare.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def write_jsonl(path, records):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(''.join(json.dumps(r) + '\n' for r in records))
 
 
 def read_out(out):

@@ -5,7 +5,6 @@ on a dialogue in a file. Also the GPT-2 lab configs (config/*_gpt2_*.py), run on
 tiny random model saved in GPT-2's file layout, since the tests never download GPT-2.
 Run: python -m pytest -q tests/test_summarization_e2e.py
 """
-import importlib.util
 import json
 import os
 
@@ -18,6 +17,7 @@ import train
 import weights
 from configurator import configure
 from evaluate import generate_answers
+from helpers import load_script, write_jsonl
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,17 +48,6 @@ def gpt2_tokenizer_files():
         pytest.skip(f"no GPT-2 tokenizer files at TIKTOKEN_CACHE_DIR={cache!r} (offline tests never download them)")
 
 
-def load_script(name):
-    """data/ is not a package: load data/<name>/prepare.py from its path."""
-    spec = importlib.util.spec_from_file_location(f'prepare_{name}', os.path.join(ROOT, 'data', name, 'prepare.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def write_jsonl(path, records):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(''.join(json.dumps(r) + '\n' for r in records))
 
 
 def prepare(tmp_path, name):
