@@ -64,6 +64,11 @@ class Bitune(nn.Module):
             self.mix_theta_k = nn.Parameter(torch.full((L,), float(theta_init)))  # (L,) one per layer
             self.mix_theta_v = nn.Parameter(torch.full((L,), float(theta_init)))
 
+    @property
+    def config(self):
+        """The wrapped GPT's config, so code that reads model.config.block_size works for both."""
+        return self.gpt.config
+
     # ------------------------------------------------------------------ steps 2-4: read the prefix
 
     def pass_a(self, prefix, pos, valid):

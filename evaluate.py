@@ -15,7 +15,7 @@ from tasks import collate_prompts, get_tokenizer, toy_module
 @torch.no_grad()
 def generate_answers(model, examples, meta, device, batch_size=64, max_new_tokens=None):
     """Greedy answers, one list of token ids per example, cut after the first end token."""
-    block_size = model.config.block_size if hasattr(model, 'config') else model.gpt.config.block_size
+    block_size = model.config.block_size  # a GPT's, or the GPT's inside Bitune
     if max_new_tokens is None:  # what prepare.py allowed for answers, else the longest true answer
         max_new_tokens = meta.get('max_answer') or max(len(ex['answer']) for ex in examples)
     was_training = model.training

@@ -69,7 +69,7 @@ def main(argv=None):
     prompts = prompts_from(c, meta)
     examples = [{'prompt': ids} for _, ids in prompts for _ in range(c.num_samples)]
     idx, valid = collate_prompts(examples, c.device, pad_id=meta['pad'])
-    block = model.config.block_size if hasattr(model, 'config') else model.gpt.config.block_size
+    block = model.config.block_size
     n_new = c.max_new_tokens or meta.get('max_answer') or (20 if meta['tokenizer'] == 'char' else 100)
     n_new = min(n_new, block - idx.size(1))
     if n_new < 1:

@@ -27,8 +27,7 @@ from types import SimpleNamespace
 import torch
 from tqdm import tqdm
 
-from checkpoint import (build_model, is_adapter_only, load_checkpoint, model_from_checkpoint, save_checkpoint,
-                        state_to_save)
+from checkpoint import build_model, is_adapter_only, model_from_checkpoint, save_checkpoint, state_to_save
 from configurator import configure
 from evaluate import evaluate_task
 from model import configure_optimizers, count_params
@@ -168,7 +167,7 @@ def main(argv=None):
     torch.manual_seed(c.seed)
     ckpt = None
     if c.init_from == 'resume':
-        ckpt = load_checkpoint(ckpt_path)
+        model, gpt, ckpt = model_from_checkpoint(ckpt_path, 'cpu')  # reads the file once
         saved = ckpt['config']
         changed = {k: (saved[k], getattr(c, k)) for k in saved
                    if k not in ('init_from', 'max_iters', 'eval_interval', 'device', 'compile')
@@ -176,7 +175,6 @@ def main(argv=None):
         if changed:
             raise ValueError(f"resume: these settings differ from the saved run {changed}; pass the same "
                              f"config (only max_iters, eval_interval, device and compile may change)")
-        model, gpt, _ = model_from_checkpoint(ckpt_path, 'cpu')
         run_cfg = {**saved, 'max_iters': c.max_iters, 'eval_interval': c.eval_interval}
     else:
         model, gpt = build_model(vars(c), meta)
