@@ -2,7 +2,7 @@
 Command-line and config-file overrides for the plain globals of train.py,
 sample.py and bench.py, nanoGPT style:
 
-    python train.py config/toy_bitune.py --max_iters=500 --method=causal
+    python train.py config/lab_toy.py --max_iters=500 --method=causal
 
 A config file is plain Python assignments (see config/). Every key must already
 exist in the script's defaults and keep its type (an int may stand for a

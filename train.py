@@ -10,7 +10,7 @@ Train a model on prompt -> answer examples, with one of three methods:
 
     python train.py                                   # Bitune on the toy task, a few minutes on a CPU
     python train.py --method=causal                   # the baseline, same budget
-    python train.py config/toy_bai.py --seed=2        # a config file, then overrides
+    python train.py config/lab_toy.py --seed=2        # a config file, then overrides
     python train.py --init_from=resume --out_dir=out  # continue a killed run exactly
 
 Every setting is a plain global below; `--key=value` or a config file overrides
@@ -35,7 +35,7 @@ from tasks import check_fits, collate, load_task
 
 # -----------------------------------------------------------------------------
 # I/O
-out_dir = 'out'
+out_dir = 'out'          # may name settings in braces: 'out-{method}-s{seed}'
 eval_interval = 250      # evaluate (val loss + task metric) and checkpoint every this many iterations
 eval_iters = 10          # val batches averaged for the val loss
 eval_examples = 200      # val examples scored by generation (exact match / ROUGE)
@@ -106,7 +106,11 @@ class StopTraining(Exception):
 
 
 def check_config(c):
-    """Fail at start-up, with what to do, rather than deep inside a run."""
+    """Fail at start-up, with what to do, rather than deep inside a run. Fills in out_dir's {braces}."""
+    try:
+        c.out_dir = c.out_dir.format(**vars(c))
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"out_dir={c.out_dir!r}: braces may only name settings, e.g. {{method}} ({e!r})") from None
     choices = {'method': METHODS, 'peft': ('none', 'lora'), 'decay': ('cosine', 'linear', 'constant'),
                'dtype': ('auto', 'float32', 'bfloat16', 'float16'), 'toy_op_position': ('after', 'before'),
                'bai_loss': ('mse', 'cosine', 'ce'), 'bai_schedule': ('constant', 'linear', 'exp')}

@@ -1,7 +1,7 @@
 """
 The summarization path end to end, on a few DialogSum- and SciTLDR-shaped records
 written here: prepare.py -> train.py (ROUGE at evaluation) -> checkpoint -> sample.py
-on a dialogue in a file. Also the GPT-2 lab configs (config/*_gpt2_*.py), run on a
+on a dialogue in a file. Also the GPT-2 lab configs (config/*_gpt2.py), run on a
 tiny random model saved in GPT-2's file layout, since the tests never download GPT-2.
 Run: python -m pytest -q tests/test_summarization_e2e.py
 """
@@ -130,20 +130,16 @@ def test_dialogsum_train_rouge_checkpoint_sample(tmp_path, capsys):
     assert printed.startswith(meta['template'].format(text=DIALOGUES[1][0]))
 
 
-def test_the_lab_configs_pass_the_checks_and_gpt2_ones_differ_only_in_method():
+def test_the_lab_configs_pass_the_checks_and_each_method_gets_its_own_out_dir():
     from types import SimpleNamespace
     for ds in ('dialogsum', 'scitldr'):
-        runs = {m: configure(train.DEFAULTS, [os.path.join(ROOT, 'config', f'{ds}_gpt2_{m}.py')])
-                for m in ('lora', 'bitune', 'bai')}
-        for m, c in runs.items():
-            train.check_config(SimpleNamespace(**c))
-            assert c['dataset'] == ds and c['out_dir'] == f'out-{ds}-gpt2-{m}'
-            assert (c['init_from'], c['peft'], c['lora_r'], c['adam_eps'], c['decay']) == ('gpt2', 'lora', 8, 1e-6,
-                                                                                           'linear')
-            assert c['warmup_iters'] * 10 == c['max_iters']  # 10% warm-up
-        assert [runs[m]['method'] for m in runs] == ['causal', 'bitune', 'bai']
-        same = lambda c: {k: v for k, v in c.items() if k not in ('method', 'out_dir')}
-        assert same(runs['lora']) == same(runs['bitune']) == same(runs['bai'])
+        cfg = os.path.join(ROOT, 'config', f'{ds}_gpt2.py')
+        for m in ('causal', 'bitune', 'bai'):
+            c = SimpleNamespace(**configure(train.DEFAULTS, [cfg, f'--method={m}']))
+            train.check_config(c)
+            assert c.dataset == ds and c.method == m and c.out_dir == f'out-{ds}-gpt2-{m}'
+            assert (c.init_from, c.peft, c.lora_r, c.adam_eps, c.decay) == ('gpt2', 'lora', 8, 1e-6, 'linear')
+            assert c.warmup_iters * 10 == c.max_iters  # 10% warm-up
     tiny = configure(train.DEFAULTS, [os.path.join(ROOT, 'config', 'dialogsum_tiny_cpu.py')])
     train.check_config(SimpleNamespace(**tiny))
     assert (tiny['init_from'], tiny['peft'], tiny['dataset']) == ('scratch', 'none', 'dialogsum')
@@ -156,8 +152,8 @@ def test_gpt2_lab_config_on_a_tiny_stand_in_for_gpt2(tmp_path, capsys, name, met
     data_dir = prepare(tmp_path, name)
     base = fake_gpt2(tmp_path)
     out = str(tmp_path / 'out')
-    cfg = os.path.join(ROOT, 'config', f'{name}_gpt2_{method}.py')
-    train.main([cfg, f'--init_from={base}', f'--data_dir={data_dir}', f'--out_dir={out}', '--max_iters=2',
+    cfg = os.path.join(ROOT, 'config', f'{name}_gpt2.py')
+    train.main([cfg, f'--method={method}', f'--init_from={base}', f'--data_dir={data_dir}', f'--out_dir={out}', '--max_iters=2',
                 '--eval_interval=2', '--eval_iters=1', '--eval_examples=3', '--batch_size=3', '--warmup_iters=1',
                 '--device=cpu'])
     row = read_log(out)[-1]

@@ -104,6 +104,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path,
     (['--block_size=8'], "Set block_size >= "),
     (['--max_iter=5'], "did you mean max_iters"),
     (['--init_from=resume'], "no checkpoint at"),
+    (['--out_dir=out-{methd}'], "braces may only name settings"),
 ])
 def test_bad_configuration_fails_at_start_up(tmp_path, args, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):

@@ -1,22 +1,22 @@
-# GPT-2 (124M) learns to summarize DialogSum dialogues
-# with Bitune (arXiv 2405.14862): two LoRA adapters on the frozen model read the prompt
-# causally and bidirectionally, and the two K/V caches are mixed.
-# The three dialogsum_gpt2_* files are the same run but for `method` and `out_dir`:
-#   config/dialogsum_gpt2_lora.py     the LoRA baseline
-#   config/dialogsum_gpt2_bai.py      BAI
+# GPT-2 (124M) learns to summarize DialogSum dialogues, with LoRA adapters on the frozen model.
+# One file for the three arms of the lab; the method comes from the command line:
 #
-#   python data/dialogsum/prepare.py          # once (add --src DIR when offline)
-#   python train.py config/dialogsum_gpt2_bitune.py
+#   python data/dialogsum/prepare.py                # once (add --src DIR when offline)
+#   python train.py config/dialogsum_gpt2.py --method=causal    # the baseline: ordinary LoRA fine-tuning
+#   python train.py config/dialogsum_gpt2.py --method=bitune    # Bitune (arXiv 2405.14862)
+#   python train.py config/dialogsum_gpt2.py --method=bai       # BAI (arXiv 2408.13959, our reconstruction)
 #
 # takes: data/dialogsum/ prepared with the default --block_size 1024 --max_answer 128, and
 #        GPT-2's weights (downloaded once, about 500 MB, into ~/.cache/nanobidir/gpt2)
-# gives: out-dialogsum-gpt2-bitune/log.jsonl with val loss and ROUGE-1/2/L (greedy summaries of
+# gives: out-dialogsum-gpt2-<method>/log.jsonl with val loss and ROUGE-1/2/L (greedy summaries of
 #        200 val dialogues) at every evaluation, loss.png, metric.png, ckpt.pt (adapters only)
 # time:  NOT MEASURED (no GPU was at hand). An ESTIMATE for one A100/H100-class GPU, evaluations
 #        included: about 10 minutes for LoRA and BAI, about 20 for Bitune (it reads each prompt twice).
 
-method = 'bitune'        # variant 'full', theta_init 0.01 (train.py's defaults, see bitune.py)
-out_dir = 'out-dialogsum-gpt2-bitune'
+method = 'bitune'        # Bitune: variant 'full', theta_init 0.01 (train.py's defaults, see bitune.py).
+                         # BAI: lambda 1, constant schedule, MSE on the final hidden states (train.py's
+                         # untuned defaults; watch bai_loss in the log and lower bai_lambda if it dominates)
+out_dir = 'out-dialogsum-gpt2-{method}'  # train.py fills in {method}, so the three arms never share a folder
 
 # data and evaluation
 dataset = 'dialogsum'
