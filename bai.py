@@ -149,9 +149,9 @@ def compute_loss(model, batch, *, weight, layer=-1, kind='mse', detach_target=Tr
     # the very call train.py makes for the causal baseline (and SDPA's fast path).
     idx, targets = batch['idx'], batch['targets']
     if weight == 0:
-        _, ce = model(idx, targets)
+        _, ce = model(idx, targets, return_logits=False)
         return ce, ce, None
-    _, ce, aux = model(idx, targets, hidden_layer=layer)
+    _, ce, aux = model(idx, targets, hidden_layer=layer, return_logits=False)
     E, pivot_valid = pivots(aux['hidden'], batch)
     l_bai = awareness_from_pivots(E, pivot_valid, batch, model, kind, detach_target)
     return ce + weight * l_bai, ce, l_bai

@@ -133,7 +133,7 @@ def train_step(method, model, opt, batch, ctx, compile_):
     def step():
         with ctx:
             if method == 'causal':
-                loss = fwd(batch['idx'], batch['targets'])[1]
+                loss = fwd(batch['idx'], batch['targets'], return_logits=False)[1]
             elif method == 'bai':
                 loss = compute_loss(fwd, batch, weight=1.0)[0]  # CE + 1.0 * L_BAI from one forward
             else:

@@ -214,7 +214,7 @@ def main(argv=None):
         """Returns (loss to optimise, {numbers to log}); 'ce_loss' is always the answer tokens' cross-entropy,
         the number every method is compared on."""
         if c.method == 'causal':
-            loss = fwd_model(batch['idx'], batch['targets'])[1]
+            loss = fwd_model(batch['idx'], batch['targets'], return_logits=False)[1]  # lm_head on answers only
             return loss, {'ce_loss': loss.item()}
         if c.method == 'bai':
             total, ce, aware = bai.compute_loss(fwd_model, batch, weight=bai_weight, layer=c.bai_layer,

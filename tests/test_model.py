@@ -290,5 +290,26 @@ def test_return_logits_false_skips_the_head_but_keeps_kv_and_hidden(tiny_gpt):
     none, _, aux2 = model(idx, return_kv=True, hidden_layer=-1, return_logits=False)
     assert none is None and torch.equal(aux['hidden'], aux2['hidden'])
     assert torch.equal(aux['kv'][1][0], aux2['kv'][1][0])
-    with pytest.raises(ValueError, match='needs logits'):
-        model(idx, idx, return_logits=False)
+
+
+def test_loss_without_logits_is_the_same_loss_and_gradient(tiny_gpt):
+    """return_logits=False with targets runs lm_head on the scored positions only; the loss and
+    every gradient must match the full-logits loss (a wrong mask or a dropped -1 would not)."""
+    model = tiny_gpt()
+    idx = torch.randint(0, 23, (3, 8))
+    targets = torch.randint(0, 23, (3, 8))
+    targets[0, :5] = -1   # a prompt
+    targets[1, 6:] = -1   # padding
+    targets[2, ::2] = -1
+    losses, grads = [], []
+    for return_logits in (True, False):
+        model.zero_grad()
+        logits, loss = model(idx, targets, return_logits=return_logits)
+        loss.backward()
+        assert (logits is None) == (not return_logits)
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+    manual = F.cross_entropy(model(idx)[0][targets != -1], targets[targets != -1])
+    assert torch.allclose(losses[1], manual, atol=1e-6)
