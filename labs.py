@@ -50,7 +50,10 @@ LABS = {
     # then parameter-efficient tuning on new operations. LoRA usually wants a higher learning rate.
     'finetune': {'base': {'method': 'causal', 'peft': 'none', 'toy_ops': 'C'},
                  'every': {'peft': 'lora', 'toy_ops': 'RSD', 'learning_rate': 3e-3},
-                 'arms': {'lora_causal': {'method': 'causal'}, 'lora_bitune': {'method': 'bitune'}}},
+                 # Bitune trains two rank-8 adapters; a rank-16 causal LoRA (same scale alpha/r = 1) has as many
+                 'arms': {'lora_causal': {'method': 'causal'},
+                          'lora_causal_r16': {'method': 'causal', 'lora_r': 16, 'lora_alpha': 16},
+                          'lora_bitune': {'method': 'bitune'}}},
 }
 ROOT = os.path.dirname(os.path.abspath(__file__))  # runs start here, where train.py is
 CONFIG = os.path.join(ROOT, 'config', 'lab_toy.py')
