@@ -50,9 +50,11 @@ LABS = {
     # then parameter-efficient tuning on new operations. LoRA usually wants a higher learning rate.
     'finetune': {'base': {'method': 'causal', 'peft': 'none', 'toy_ops': 'C'},
                  'every': {'peft': 'lora', 'toy_ops': 'RSD', 'learning_rate': 3e-3},
-                 # Bitune trains two rank-8 adapters; a rank-16 causal LoRA (same scale alpha/r = 1) has as many
+                 # Bitune trains two rank-8 adapters; a rank-16 causal LoRA has as many parameters. At the
+                 # same scale alpha/r = 1 its update B A is a sum of twice the terms, so also at scale 0.5.
                  'arms': {'lora_causal': {'method': 'causal'},
                           'lora_causal_r16': {'method': 'causal', 'lora_r': 16, 'lora_alpha': 16},
+                          'lora_causal_r16_alpha8': {'method': 'causal', 'lora_r': 16, 'lora_alpha': 8},
                           'lora_bitune': {'method': 'bitune'}}},
 }
 ROOT = os.path.dirname(os.path.abspath(__file__))  # runs start here, where train.py is
