@@ -69,14 +69,22 @@ class LoRALinear(nn.Linear):
         return (self.lora_B[name] @ self.lora_A[name]) * self.lora_scale[name]  # (out, in)
 
     def forward(self, x):
-        y = F.linear(x, self.weight, self.bias)
         name = self.active
         if self.merged is not None and name != self.merged:
             # `weight` holds W + BA of the merged adapter; running anything else would be silently wrong
             raise RuntimeError(f"adapter '{self.merged}' is merged into the weight; call unmerge() "
                                f"before running with adapter {name!r}")
         if name is None or name == self.merged:
-            return y
+            return F.linear(x, self.weight, self.bias)
+        if self.weight.requires_grad and torch.is_grad_enabled() and isinstance(self.lora_dropout[name], nn.Identity):
+            # W itself is being trained (Bitune's Pass A under peft='none'), so backward computes W's
+            # gradient g^T x in any case. Then one matmul with W + scale * B A, formed on the fly inside
+            # autograd, is the cheapest way: the same function and gradients, without the side path's two
+            # thin matmuls over every token (see bench.py). With W frozen, the side path below is
+            # cheaper, because it never needs g^T x.
+            return F.linear(x, torch.addmm(self.weight, self.lora_B[name], self.lora_A[name],
+                                           alpha=self.lora_scale[name]), self.bias)
+        y = F.linear(x, self.weight, self.bias)
         h = self.lora_dropout[name](x) @ self.lora_A[name].t()  # (..., r)
         # y + scale * h B^T as one fused multiply-add (addmm): the same numbers as writing it out,
         # without two extra passes over y's memory (measurably faster on CPU, see bench.py)

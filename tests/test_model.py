@@ -236,6 +236,33 @@ def test_merge_equals_unmerged_and_unmerge_restores(tiny_gpt):
     assert torch.allclose(model.transformer.h[0].attn.c_attn.weight, w0, atol=1e-6)
 
 
+def test_lora_on_a_trainable_weight_gives_the_side_path_numbers_and_gradients():
+    """With W trainable, LoRALinear forms W + scale * B A inside autograd (one matmul); with W frozen it
+    adds scale * B A x on the side. Both must be W x + b + scale * B A x, with the same adapter gradients."""
+    torch.manual_seed(0)
+    layer = LoRALinear(6, 5)
+    layer.add_adapter('a', r=2, alpha=6)   # scale 3: a missing or doubled scale would show
+    torch.nn.init.normal_(layer.lora_B['a'])
+    layer.active = 'a'
+    x, g = torch.randn(3, 4, 6), torch.randn(3, 4, 5)
+    A, B = layer.lora_A['a'], layer.lora_B['a']
+    written_out = x @ layer.weight.t() + layer.bias + 3.0 * (x @ A.t() @ B.t())
+    results = {}
+    for trainable in (True, False):
+        layer.weight.requires_grad_(trainable)
+        layer.zero_grad(set_to_none=True)
+        y = layer(x)
+        (y * g).sum().backward()
+        results[trainable] = (y.detach(), A.grad.clone(), B.grad.clone(), layer.bias.grad.clone())
+        assert torch.allclose(y, written_out, atol=1e-5)
+        assert (layer.weight.grad is not None) == trainable
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(results[True], results[False]))
+    layer.weight.requires_grad_(True)
+    layer.zero_grad(set_to_none=True)
+    (layer(x) * g).sum().backward()
+    assert torch.allclose(layer.weight.grad, g.reshape(-1, 5).t() @ x.reshape(-1, 6), atol=1e-5)  # dW = g^T x
+
+
 def test_both_adapters_get_gradients_and_the_base_none(tiny_gpt):
     model = add_lora(tiny_gpt(), names=('causal', 'bidir'))
     randomize_lora(model)
