@@ -2,7 +2,7 @@
 # train -> greedy summaries of val dialogues scored with ROUGE -> checkpoint -> sample.py.
 # It checks the plumbing; it does not summarize. After 600 dialogues a 2-layer model strings
 # together #Person1#, #Person2#, 's and the like, and ROUGE says little.
-# The GPT-2 labs (config/dialogsum_gpt2_*.py) are where summaries happen.
+# The GPT-2 labs (config/dialogsum_gpt2.py) are where summaries happen.
 #
 #   python data/dialogsum/prepare.py --src ../shared/data/dialogsum   # or without --src: download
 #   python train.py config/dialogsum_tiny_cpu.py
