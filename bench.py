@@ -31,10 +31,10 @@ from io import StringIO
 import torch
 
 from bai import compute_loss
-from checkpoint import build_model
+from utils.checkpoint import build_model
 from configurator import configure
 from model import GPT, GPTConfig, add_lora, configure_optimizers, lora_layers, set_adapter
-from tasks import collate, collate_prompts
+from data.tasks import collate, collate_prompts
 from train import pick_device
 
 # -----------------------------------------------------------------------------

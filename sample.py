@@ -15,9 +15,10 @@ import sys
 
 import torch
 
-from checkpoint import GPT2_NAMES, model_from_checkpoint
+from utils.checkpoint import GPT2_NAMES, model_from_checkpoint
 from configurator import configure
-from tasks import collate_prompts, get_tokenizer, toy_module
+from data.tasks import collate_prompts, get_tokenizer
+from data.toy import toy
 
 ckpt = ''               # a checkpoint written by train.py ...
 init_from = ''          # ... or a GPT-2 name ('gpt2', ...) or directory, to sample plain GPT-2
@@ -52,7 +53,6 @@ def prompts_from(c, meta):
         with open(text[5:], encoding='utf-8') as f:
             text = f.read()
     if meta['tokenizer'] == 'char':  # a toy task: "31415 R" per prompt, separated by commas or lines
-        toy = toy_module()
         parts = [p.strip() for p in text.replace('\n', ',').split(',') if p.strip()]
         return [(p, toy.parse_prompt(p, meta)) for p in parts]
     tok = get_tokenizer(meta)
@@ -81,7 +81,7 @@ def main(argv=None):
     results = []
     for (shown, _), row in zip([p for p in prompts for _ in range(c.num_samples)], out[:, idx.size(1):].tolist()):
         row = row[:row.index(meta['eos'])] if meta['eos'] in row else row
-        answer = toy_module().format_answer(row, meta) if tok is None else tok.decode(row)
+        answer = toy.format_answer(row, meta) if tok is None else tok.decode(row)
         results.append(answer)
         print(f"{shown} -> {answer}" if tok is None else f"{shown}{answer}\n---------------")
     return results

@@ -27,11 +27,11 @@ from types import SimpleNamespace
 import torch
 from tqdm import tqdm
 
-from checkpoint import build_model, is_adapter_only, model_from_checkpoint, save_checkpoint, state_to_save
+from utils.checkpoint import build_model, is_adapter_only, model_from_checkpoint, save_checkpoint, state_to_save
 from configurator import configure
-from evaluate import evaluate_task
+from utils.evaluate import evaluate_task
 from model import configure_optimizers, count_params
-from tasks import check_fits, collate, load_task
+from data.tasks import check_fits, collate, load_task
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -330,7 +330,7 @@ def main(argv=None):
     bar.close()
 
     # ---- the end: pictures and a summary
-    from plot import plot_run
+    from utils.plot import plot_run
     written = plot_run(c.out_dir)
     with open(os.path.join(c.out_dir, 'log.jsonl')) as f:
         last = json.loads(f.read().strip().splitlines()[-1])

@@ -1,4 +1,4 @@
-# Shared settings of every lab run: labs.py passes this file first, then the arm's settings,
+# Shared settings of every lab run: labs/labs.py passes this file first, then the arm's settings,
 # then your --key=value overrides. Equal compute: every arm of a lab gets these same
 # iterations, batch size, data and model; only the method settings differ.
 #
@@ -10,7 +10,7 @@
 # other work is slower (2-3x when we measured on a shared one).
 # At 500 iterations a causal run is well short of 100% exact match (about half at this
 # point of a longer run), so the arms have room to differ.
-# For a quick look: python labs.py --lab=methods --seeds=1 --max_iters=100
+# For a quick look: python labs/labs.py --lab=methods --seeds=1 --max_iters=100
 dataset = 'toy'
 toy_ops = 'CRSD'           # copy, reverse, sort, deduplicate: exact match is reported per op too
 toy_op_position = 'after'  # the 'op_before' lab switches this
@@ -19,7 +19,7 @@ toy_max_len = 12
 toy_n_symbols = 10
 toy_n_train = 20000
 toy_n_val = 500
-toy_seed = 1337            # the same data for every run; `seed` (set by labs.py) varies the training
+toy_seed = 1337            # the same data for every run; `seed` (set by labs/labs.py) varies the training
 # model: train.py's default toy size
 n_layer = 4
 n_head = 4

@@ -5,6 +5,8 @@ import os
 
 import torch
 
+from utils import weights
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -28,3 +30,22 @@ def load_script(name):
 def write_jsonl(path, records):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(''.join(json.dumps(r) + '\n' for r in records))
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Write {name: tensor} as .safetensors (readable by the official library too)."""
+    names = {v: k for k, v in weights.DTYPES.items()}
+    header, blobs, offset = {}, [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        b = t.reshape(-1).view(torch.uint8).numpy().tobytes()  # via uint8 because numpy has no bfloat16
+        header[name] = {'dtype': names[t.dtype], 'shape': list(t.shape), 'data_offsets': [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    if metadata:
+        header['__metadata__'] = {str(k): str(v) for k, v in metadata.items()}
+    h = json.dumps(header).encode()
+    h += b' ' * (-len(h) % 8)  # pad so tensor data starts 8-byte aligned, as the format recommends
+    with open(path + '.tmp', 'wb') as f:
+        f.writelines([len(h).to_bytes(8, 'little'), h, *blobs])
+    os.replace(path + '.tmp', path)  # atomic: never leave a half-written file under the real name

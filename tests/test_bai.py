@@ -43,7 +43,7 @@ def grads(model):
 @pytest.mark.parametrize('layout', ['drop_last', 'tasks.collate'])
 def test_weight_zero_is_the_baseline_bit_for_bit(tiny_gpt, layout):
     if layout == 'tasks.collate':  # the real batches keep x whole; both layouts must work
-        import tasks
+        from data import tasks
         batch = tasks.collate([{'prompt': p, 'answer': a} for p, a in make_examples()])
         assert all(torch.equal(v, make_batch(make_examples(), full=True)[k]) for k, v in batch.items())
     else:

@@ -1,4 +1,4 @@
-"""labs.py: the plan of runs, skipping finished runs, the aggregation over seeds, and a tiny lab end to end."""
+"""labs/labs.py: the plan of runs, skipping finished runs, the aggregation over seeds, and a tiny lab end to end."""
 import json
 import math
 import os
@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-import labs
+from labs import labs
 
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=32', '--batch_size=8', '--eval_iters=1',
         '--eval_examples=8', '--toy_n_train=100', '--toy_n_val=8', '--toy_max_len=5', '--warmup_iters=1',
@@ -76,7 +76,7 @@ def test_aggregation_over_seeds_matches_hand_computed_values(tiny_lab, tmp_path,
 
 
 def test_cost_counts_bitune_token_forwards(monkeypatch):
-    import tasks
+    from data import tasks
     import train
     from configurator import configure
     # two examples: prompt 5 + answer 3, prompt 7 + answer 5 -> causal reads 8 + 12 = 20 tokens

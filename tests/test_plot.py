@@ -1,7 +1,7 @@
-"""plot.py: the attention weights it draws are real softmax rows with the right mask."""
+"""utils/plot.py: the attention weights it draws are real softmax rows with the right mask."""
 import torch
 
-from plot import attention_weights
+from utils.plot import attention_weights
 
 
 def test_attention_weights_are_masked_softmax_rows(tiny_gpt):

@@ -77,7 +77,7 @@ def test_dialogsum(enc, tmp_path):
     assert all(ex['answer'][-1] == EOS for split in splits.values() for ex in split)
 
     # the files are what tasks.load_task expects
-    import tasks
+    from data import tasks
     task = tasks.load_task('dialogsum', data_dir=str(tmp_path))
     assert len(task['train']) == 2 and task['test'][0]['refs'] == ['a.', 'b.', 'c.']
 

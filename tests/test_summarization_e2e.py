@@ -11,13 +11,13 @@ import os
 import pytest
 import torch
 
-import checkpoint
+from utils import checkpoint
 import sample
 import train
-import weights
+from utils import weights
 from configurator import configure
-from evaluate import generate_answers
-from helpers import load_script, write_jsonl
+from utils.evaluate import generate_answers
+from helpers import load_script, write_jsonl, write_safetensors
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +83,7 @@ def fake_gpt2(d, seed=0):
     gpt = GPT(GPTConfig(block_size=BLOCK, vocab_size=50257, n_layer=1, n_head=2, n_embd=16))
     sd = {k: (v.t() if k.endswith(weights.CONV1D) else v).contiguous() for k, v in gpt.state_dict().items()
           if k != 'lm_head.weight'}  # tied to wte
-    weights.write_safetensors(os.path.join(d, 'model.safetensors'), sd, metadata={'format': 'pt'})
+    write_safetensors(os.path.join(d, 'model.safetensors'), sd, metadata={'format': 'pt'})
     with open(os.path.join(d, 'config.json'), 'w') as f:
         json.dump({'model_type': 'gpt2', 'n_layer': 1, 'n_head': 2, 'n_embd': 16, 'vocab_size': 50257,
                    'n_positions': BLOCK}, f)

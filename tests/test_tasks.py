@@ -1,11 +1,11 @@
-"""Tests for tasks.py: loading tasks, tokenizers, right/left-padded batches, block-size check."""
+"""Tests for data/tasks.py: loading tasks, tokenizers, right/left-padded batches, block-size check."""
 import json
 import os
 
 import pytest
 import torch
 
-import tasks
+from data import tasks
 
 EXAMPLES = [{'prompt': [1, 5, 6], 'answer': [7, 3]},
             {'prompt': [1, 5], 'answer': [8, 9, 7, 3]},
@@ -101,7 +101,7 @@ def test_load_toy_passes_options():
 
 def test_gpt2_tokenizer_without_its_files_says_where_to_point(monkeypatch, tmp_path):
     import tiktoken
-    import tasks
+    from data import tasks
 
     def offline(name):
         raise ConnectionError("no network")

@@ -1,9 +1,7 @@
 """Tests for data/toy/toy.py: the seeded toy instruction tasks and their exact-match scoring."""
 import pytest
 
-from tasks import toy_module
-
-toy = toy_module()
+from data.toy import toy
 
 def small(**kw):
     return toy.make_toy_task(**{'seed': 0, 'n_train': 200, 'n_val': 40, **kw})

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-import checkpoint
+from utils import checkpoint
 import sample
 import train
 

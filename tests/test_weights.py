@@ -1,5 +1,5 @@
 """
-Tests for weights.py: the safetensors reader/writer, the GPT-2 key mapping, loading into GPT, and clear errors.
+Tests for utils/weights.py: the safetensors reader (files written by tests/helpers.py), the GPT-2 key mapping, loading into GPT, and clear errors.
 Run: python -m pytest -q tests/test_weights.py
 
 The checkpoints are tiny random GPT-2s written in the hub's layout (Conv1D weights stored (in, out)); the
@@ -14,7 +14,8 @@ import urllib.error
 import pytest
 import torch
 
-import weights
+from helpers import write_safetensors
+from utils import weights
 
 CFG = dict(n_layer=2, n_head=2, n_embd=8, n_positions=16, vocab_size=11)
 
@@ -42,7 +43,7 @@ def write_ckpt(d, tensors, cfg=CFG):
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, 'config.json'), 'w') as f:
         json.dump({'model_type': 'gpt2', **cfg}, f)
-    weights.write_safetensors(os.path.join(d, 'model.safetensors'), tensors, metadata={'format': 'pt'})
+    write_safetensors(os.path.join(d, 'model.safetensors'), tensors, metadata={'format': 'pt'})
     return str(d)
 
 
@@ -77,7 +78,7 @@ def test_safetensors_roundtrip(tmp_path, dtype):
     t = {'a': torch.randn(3, 5).to(dtype), 'b.c': torch.randn(7).to(dtype), 'scalar': torch.tensor(2.5, dtype=dtype),
          'empty': torch.zeros(0, 4, dtype=dtype), 'ids': torch.arange(6, dtype=torch.int64).view(2, 3)}
     p = str(tmp_path / 'x.safetensors')
-    weights.write_safetensors(p, t, metadata={'format': 'pt'})
+    write_safetensors(p, t, metadata={'format': 'pt'})
     back = weights.read_safetensors(p)
     assert set(back) == set(t)  # __metadata__ is not a tensor
     for k in t:
@@ -88,7 +89,7 @@ def test_safetensors_roundtrip(tmp_path, dtype):
 def test_safetensors_layout(tmp_path):
     # check the raw bytes against the format itself, so the writer cannot hide a reader bug
     p = str(tmp_path / 'x.safetensors')
-    weights.write_safetensors(p, {'w': torch.tensor([1.0, -2.0], dtype=torch.float16)})
+    write_safetensors(p, {'w': torch.tensor([1.0, -2.0], dtype=torch.float16)})
     raw = open(p, 'rb').read()
     n = int.from_bytes(raw[:8], 'little')
     assert json.loads(raw[8:8 + n]) == {'w': {'dtype': 'F16', 'shape': [2], 'data_offsets': [0, 4]}}
@@ -104,7 +105,7 @@ def test_safetensors_bad_files(tmp_path):
     with pytest.raises(ValueError, match='only 3 bytes'):
         weights.read_safetensors(str(p))
     good = str(tmp_path / 'good.safetensors')
-    weights.write_safetensors(good, {'w': torch.randn(4, 4)})
+    write_safetensors(good, {'w': torch.randn(4, 4)})
     p.write_bytes(open(good, 'rb').read()[:-8])  # truncated download
     with pytest.raises(ValueError, match="'w'.*truncated"):
         weights.read_safetensors(str(p))

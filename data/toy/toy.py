@@ -45,7 +45,7 @@ def apply_op(op, data):
     raise ValueError(f"unknown toy op {op!r}: choose from {OPS!r}")
 
 def toy_meta(n_symbols=10, op_position='after', **extra):
-    """The task's meta dict (see tasks.py). itos = specials, ops, data symbols."""
+    """The task's meta dict (see data/tasks.py). itos = specials, ops, data symbols."""
     if not 1 <= n_symbols <= len(ALPHABET):
         raise ValueError(f"n_symbols={n_symbols}: must be between 1 and {len(ALPHABET)}")
     if op_position not in ('after', 'before'):

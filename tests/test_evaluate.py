@@ -1,6 +1,6 @@
 """
-Tests for metrics.py: ROUGE-1/2/L F-measure and exact match, on cases worked out by hand.
-Run: python -m pytest -q tests/test_metrics.py
+Tests for utils/evaluate.py: ROUGE-1/2/L F-measure, on cases worked out by hand.
+Run: python -m pytest -q tests/test_evaluate.py
 
 Besides these hand-worked cases, metrics.rouge was cross-checked once against the
 `rouge-score` package (RougeScorer(['rouge1','rouge2','rougeL']).score_multi, default
@@ -10,7 +10,7 @@ not depend on that package.
 """
 import pytest
 
-from metrics import corpus_exact_match, corpus_rouge, exact_match, lcs_length, rouge, tokenize
+from utils.evaluate import corpus_rouge, lcs_length, rouge, tokenize
 
 
 def approx(d):
@@ -86,10 +86,3 @@ def test_corpus_rouge_is_mean_in_percent():
     assert got == approx({'rouge1': 50.0, 'rouge2': 50.0, 'rougeL': 50.0})
     with pytest.raises(ValueError):
         corpus_rouge(["a"], [])
-
-
-def test_exact_match():
-    assert exact_match(" 42\n", "42") == 1.0  # surrounding whitespace does not count
-    assert exact_match("042", "42") == 0.0
-    assert exact_match("Abc", "abc") == 0.0  # case does count
-    assert corpus_exact_match(["1", "2", "3", "4"], ["1", "2", "0", "0"]) == 50.0

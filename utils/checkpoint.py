@@ -15,7 +15,7 @@ import os
 import torch
 
 from model import GPT, GPTConfig, add_lora, mark_only_lora_trainable, set_adapter
-from weights import GPT2_NAMES
+from utils.weights import GPT2_NAMES
 
 
 def adapter_names(method, peft):

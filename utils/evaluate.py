@@ -1,10 +1,14 @@
 """
-Evaluation metrics: ROUGE-1 / ROUGE-2 / ROUGE-L F-measure and exact match.
+Scoring a model by what it generates: batched greedy decoding with the KV cache
+on a fixed set of examples, then exact match (toy tasks, per operation) or
+ROUGE (summarization). train.py calls evaluate_task() at every evaluation.
 
-ROUGE (Lin, 2004, "ROUGE: A Package for Automatic Evaluation of Summaries") is
-what the Bitune (arXiv 2405.14862) and BAI (arXiv 2408.13959) style summarization
-experiments report. It is written here from scratch to behave like the default
-settings of the widely used `rouge-score` package, so numbers are comparable:
+Any model with GPT.generate's signature works: a GPT, or bitune.Bitune, whose
+generate() runs the two-pass prefill first, so nothing here knows the method.
+
+ROUGE-1 / ROUGE-2 / ROUGE-L F-measure (Lin, 2004, "ROUGE: A Package for
+Automatic Evaluation of Summaries") is written from scratch to behave like the
+default settings of the `rouge-score` package, so numbers are comparable:
   - tokenize: lowercase, every character outside [a-z0-9] becomes a space, split
     on whitespace; no stemming.
   - ROUGE-N: overlap of n-gram multisets, a shared n-gram counted at most as often
@@ -15,13 +19,19 @@ settings of the widely used `rouge-score` package, so numbers are comparable:
   - several references: the max F over references, separately per metric
     (what rouge-score's score_multi does).
 
-Usage:
-    from metrics import rouge, corpus_rouge, exact_match
     rouge("the cat sat", ["a cat sat down"])  # {'rouge1': ..., 'rouge2': ..., 'rougeL': ...} in [0, 1]
     corpus_rouge(preds, refs)                 # mean over examples, in percent
 """
 import re
 from collections import Counter
+
+import torch
+
+from data.tasks import collate_prompts, get_tokenizer
+from data.toy import toy
+
+# -----------------------------------------------------------------------------
+# ROUGE
 
 METRICS = ('rouge1', 'rouge2', 'rougeL')
 
@@ -80,11 +90,6 @@ def rouge(pred, refs):
     return best
 
 
-def exact_match(pred, truth):
-    """1.0 if the strings are equal after stripping surrounding whitespace, else 0.0."""
-    return float(pred.strip() == truth.strip())
-
-
 def corpus_rouge(preds, refs):
     """
     Mean ROUGE over a corpus, in percent (the way papers report it).
@@ -100,10 +105,45 @@ def corpus_rouge(preds, refs):
             total[k] += v
     return {k: 100.0 * v / len(preds) for k, v in total.items()}
 
+# -----------------------------------------------------------------------------
+# Generation and scores
 
-def corpus_exact_match(preds, truths):
-    """Percentage of predictions that exactly match their truth (see exact_match)."""
-    if len(preds) != len(truths) or len(preds) == 0:
-        raise ValueError(f"need equally many, and at least one, predictions and truths; "
-                         f"got {len(preds)} and {len(truths)}")
-    return 100.0 * sum(exact_match(p, t) for p, t in zip(preds, truths)) / len(preds)
+
+@torch.no_grad()
+def generate_answers(model, examples, meta, device, batch_size=64, max_new_tokens=None):
+    """Greedy answers, one list of token ids per example, cut after the first end token."""
+    block_size = model.config.block_size  # a GPT's, or the GPT's inside Bitune
+    if max_new_tokens is None:  # what prepare.py allowed for answers, else the longest true answer
+        max_new_tokens = meta.get('max_answer') or max(len(ex['answer']) for ex in examples)
+    was_training = model.training
+    model.eval()
+    answers = []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        idx, valid = collate_prompts(chunk, device, pad_id=meta['pad'])
+        n_new = min(max_new_tokens, block_size - idx.size(1))
+        if n_new < 1:
+            raise ValueError(f"a prompt of {idx.size(1)} tokens leaves no room to generate in block_size "
+                             f"{block_size}; truncate the prompts (see the dataset's prepare.py)")
+        out = model.generate(idx, n_new, temperature=0, valid=valid, stop_token=meta['eos'])
+        for row in out[:, idx.size(1):].tolist():
+            answers.append(row[:row.index(meta['eos']) + 1] if meta['eos'] in row else row)
+    model.train(was_training)
+    return answers
+
+
+def evaluate_task(model, examples, meta, device, batch_size=64, max_new_tokens=None, n_show=3):
+    """{'metric name': value, ...} and a few printable lines (mistakes, or summaries next to references)."""
+    answers = generate_answers(model, examples, meta, device, batch_size, max_new_tokens)
+    if meta['metric'] == 'exact_match':
+        r = toy.exact_match_by_op(examples, answers, meta, n_show=n_show)
+        # percent, like ROUGE: 'exact_match' overall, 'em_R' etc. per operation
+        scores = {'exact_match': 100 * r['acc'], **{f"em_{op}": 100 * acc for op, acc in r['per_op'].items()}}
+        return scores, r['mistakes']
+    tok = get_tokenizer(meta)
+    eos = meta['eos']
+    preds = [tok.decode([t for t in a if t != eos]).strip() for a in answers]
+    refs = [ex.get('refs') or [tok.decode([t for t in ex['answer'] if t != eos]).strip()] for ex in examples]
+    scores = corpus_rouge(preds, refs)
+    lines = [f"model: {p!r}\n  ref: {r[0]!r}" for p, r in zip(preds[:n_show], refs[:n_show])]
+    return scores, lines

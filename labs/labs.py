@@ -1,19 +1,19 @@
 """
 Labs: a grid of train.py runs (arms x seeds) at equal compute, and one table of what they reached.
 
-    python labs.py --lab=methods            # causal vs Bitune vs BAI vs both, operation after the data
-    python labs.py --lab=op_before          # the same with the operation before the data
-    python labs.py --lab=bitune_ablations   # Bitune's six variants (arXiv 2405.14862, its ablation table)
-    python labs.py --lab=bai_settings       # BAI's pivot layer and lambda (arXiv 2408.13959)
-    python labs.py --lab=finetune           # pretrain on copy, then LoRA vs Bitune-LoRA on the other ops
-    python labs.py --lab=methods --seeds=1,2 --max_iters=100 --jobs=2 --n_layer=2   # any --key=value reaches every run
+    python labs/labs.py --lab=methods            # causal vs Bitune vs BAI vs both, operation after the data
+    python labs/labs.py --lab=op_before          # the same with the operation before the data
+    python labs/labs.py --lab=bitune_ablations   # Bitune's six variants (arXiv 2405.14862, its ablation table)
+    python labs/labs.py --lab=bai_settings       # BAI's pivot layer and lambda (arXiv 2408.13959)
+    python labs/labs.py --lab=finetune           # pretrain on copy, then LoRA vs Bitune-LoRA on the other ops
+    python labs/labs.py --lab=methods --seeds=1,2 --max_iters=100 --jobs=2 --n_layer=2   # any --key=value reaches every run
 
 Each run gets config/lab_toy.py, then its lab's and arm's settings, then your --key=value.
 "Equal compute" = the same iterations, batch size, data and model for every arm. It is NOT
 equal FLOPs: Bitune reads the prompt prefix twice, ((P-1) + (P-1) + (T-P+1)) / T token-forwards
 per step relative to causal (prompt P, prompt + answer T): ~1.5x on the labs' toy data, where
 prompts are long next to answers. The table's 'cost' column gives it for every arm.
-Runs land in out_dir/<arm>/s<seed>/ (default out_dir: labs/<lab>); a run whose log already
+Runs land in out_dir/<arm>/s<seed>/ (default out_dir: labs/runs/<lab>); a run whose log already
 reaches max_iters with the same command is skipped, so running a command again resumes the lab.
 Results: out_dir/results.md (table), results.json (every number), results.png (seeds and means).
 """
@@ -26,6 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: train.py, bitune.py
 
 METHODS = {'causal': {'method': 'causal'}, 'bitune': {'method': 'bitune'}, 'bai': {'method': 'bai'},
            'bitune_bai': {'method': 'bitune_bai'}}
@@ -57,7 +59,7 @@ LABS = {
                           'lora_causal_r16_alpha8': {'method': 'causal', 'lora_r': 16, 'lora_alpha': 8},
                           'lora_bitune': {'method': 'bitune'}}},
 }
-ROOT = os.path.dirname(os.path.abspath(__file__))  # runs start here, where train.py is
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # runs start here, where train.py is
 CONFIG = os.path.join(ROOT, 'config', 'lab_toy.py')
 
 
@@ -80,7 +82,7 @@ def parse_args(argv):
         raise ValueError(f"--seeds={opts['seeds']} --jobs={opts['jobs']}: write e.g. --seeds=1,2,3 --jobs=2") from None
     if jobs < 1 or len(set(seeds)) != len(seeds):
         raise ValueError("--jobs must be at least 1, and --seeds must not repeat a seed")
-    out_dir = os.path.abspath(opts['out_dir'] or os.path.join('labs', opts['lab']))  # the runs start in ROOT
+    out_dir = os.path.abspath(opts['out_dir'] or os.path.join(ROOT, 'labs', 'runs', opts['lab']))  # the runs start in ROOT
     return {**opts, 'seeds': seeds, 'jobs': jobs, 'out_dir': out_dir}, passthrough
 
 
@@ -169,7 +171,7 @@ def cost(cfg):
     if not cfg['method'].startswith('bitune'):
         return 1.0
     from bitune import VARIANTS
-    import tasks
+    from data import tasks
     if cfg['dataset'] == 'toy':  # the same call as train.py's
         task = tasks.load_task('toy', seed=cfg['toy_seed'], n_train=cfg['toy_n_train'], n_val=cfg['toy_n_val'],
                                ops=cfg['toy_ops'], min_len=cfg['toy_min_len'], max_len=cfg['toy_max_len'],

@@ -1,8 +1,8 @@
 """
 Pictures of a training run, drawn from its out_dir/log.jsonl:
 
-    python plot.py out            # writes out/loss.png, out/metric.png (and out/alpha.png for Bitune)
-    python plot.py out "31415 R"  # also out/attention.png: how a causal and a bidirectional
+    python utils/plot.py out            # writes out/loss.png, out/metric.png (and out/alpha.png for Bitune)
+    python utils/plot.py out "31415 R"  # also out/attention.png: how a causal and a bidirectional
                                   # reading of that toy prompt attend, from out/ckpt.pt
 
 train.py calls plot_run() at the end of every run; running this file redraws
@@ -14,6 +14,8 @@ import os
 import sys
 
 import matplotlib
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, when run as a script
 matplotlib.use('Agg')  # files only: works on a server with no display
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -108,12 +110,12 @@ def plot_attention(out_dir, text, layer=0):
     For a Bitune checkpoint each reading uses its own adapter, exactly as Passes B and A do."""
     import torch
     from checkpoint import model_from_checkpoint
-    from tasks import toy_module
+    from data.toy import toy
     model, gpt, ckpt = model_from_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
     meta = ckpt['meta']
     if meta['tokenizer'] != 'char':
         raise ValueError("attention pictures are drawn for toy checkpoints (one character per token)")
-    prompt = toy_module().parse_prompt(text, meta)[:-1]  # Bitune's prefix: the prompt minus its last token
+    prompt = toy.parse_prompt(text, meta)[:-1]  # Bitune's prefix: the prompt minus its last token
     idx = torch.tensor([prompt])
     labels = [meta['itos'][t] for t in prompt]
     from model import adapter
@@ -140,7 +142,7 @@ def plot_attention(out_dir, text, layer=0):
 
 if __name__ == '__main__':
     if len(sys.argv) not in (2, 3):
-        sys.exit('usage: python plot.py OUT_DIR ["31415 R"]')
+        sys.exit('usage: python utils/plot.py OUT_DIR ["31415 R"]')
     for path in plot_run(sys.argv[1]):
         print('wrote', path)
     if len(sys.argv) == 3:

@@ -11,28 +11,19 @@ A task is {'meta': {...}, 'train': [...], 'val': [...]} (+ 'test' when present).
     batch = collate(task['train'][:8])      # right-padded, for the loss
     idx, valid = collate_prompts(task['val'][:8])  # left-padded, for generation
 """
-import functools
-import importlib.util
 import json
 import os
 
 import torch
 
-META_KEYS = ('name', 'tokenizer', 'vocab_size', 'eos', 'pad', 'bos', 'metric')
+from data.toy import toy
 
-@functools.cache
-def toy_module():
-    """data/toy/toy.py as a module. data/ is not a package, so we load the file by its path."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'toy', 'toy.py')
-    spec = importlib.util.spec_from_file_location('toy', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+META_KEYS = ('name', 'tokenizer', 'vocab_size', 'eos', 'pad', 'bos', 'metric')
 
 def load_task(name, data_dir='data', **toy_options):
     """'toy' is generated from toy_options; any other name is read from data_dir/<name>/."""
     if name == 'toy':
-        return toy_module().make_toy_task(**toy_options)
+        return toy.make_toy_task(**toy_options)
     if toy_options:
         raise ValueError(f"options {sorted(toy_options)} only apply to the 'toy' task, not '{name}'")
     folder = os.path.join(data_dir, name)
