@@ -4,14 +4,14 @@ Hu, Cavicchioli, Capotondi, "Bidirectional Awareness Induction in Autoregressive
 Seq2Seq Models", arXiv 2408.13959.
 
 Idea: some elements of the network, the Pivots, are trained to reconstruct the
-WHOLE target sequence. Nothing at inference depends on that target, so the model
+whole target sequence. Nothing at inference depends on that target, so the model
 stays autoregressive: BAI adds a training loss only, no parameters, and leaves
 generate() untouched.
 
-No code for BAI was released. This file is OUR RECONSTRUCTION from the paper's
+No code for BAI was released. This file is our reconstruction from the paper's
 published summary. Our choices, each a switch with its default:
   1. pivots E = hidden states at the prompt positions of layer `layer` (default -1:
-     after ln_f, the tied embedding space; or any block index), taken from the SAME
+     after ln_f, the tied embedding space; or any block index), taken from the same
      causal forward that gives the CE loss. Prompt positions never attend to the
      answer, so nothing leaks.
   2. target embeddings D = wte(answer tokens), detached (`detach_target=True`).
@@ -33,7 +33,7 @@ KINDS = ('mse', 'cosine', 'ce')
 SCHEDULES = ('constant', 'linear', 'exp')
 
 # -----------------------------------------------------------------------------
-# 1-2. Pivots E and answer tokens, cut out of a RIGHT-padded training batch (tasks.collate)
+# 1-2. Pivots E and answer tokens, cut out of a right-padded training batch (data.tasks.collate)
 
 
 def pivots(hidden, batch):
@@ -54,8 +54,8 @@ def answer_tokens(batch):
     answer_valid = j < A[:, None]                                       # (B, Am)
     tokens = targets.gather(1, cols).masked_fill(~answer_valid, 0)      # 0: any real id, never scored
     if (tokens < 0).any():
-        raise ValueError("answer tokens not found where expected: the batch must be RIGHT-padded with "
-                         "targets[i, P_i-1 : P_i-1+A_i] = the answer (tasks.collate's layout)")
+        raise ValueError("answer tokens not found where expected: the batch must be right-padded with "
+                         "targets[i, P_i-1 : P_i-1+A_i] = the answer (data.tasks.collate's layout)")
     return tokens, answer_valid
 
 # -----------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def equalize(D, E, pivot_valid):
 
 
 def awareness_loss(E_hat, D, answer_tokens, answer_valid, kind='mse', lm_head=None):
-    """L_BAI over the REAL answer positions only, token-weighted like the CE loss:
+    """L_BAI over the real answer positions only, token-weighted like the CE loss:
     every real answer position in the batch weighs the same, so long answers weigh more.
 
       'mse':    mean over positions and embedding dims of (E_hat - D)^2
@@ -121,7 +121,7 @@ def awareness_from_pivots(E, pivot_valid, batch, model, kind='mse', detach_targe
 
 
 def schedule(step, kind='constant', eta=1.0, gamma=0.5, phi=1000, max_iters=None):
-    """Lambda(t). The form is OURS; the paper's eta/gamma/phi function is not available.
+    """Lambda(t). The form is ours; the paper's eta/gamma/phi function is not available.
       'constant': 1      'linear': 1 - t / max_iters, 1 at t=0 down to 0 at max_iters
       'exp':      eta * gamma^(t / phi), e.g. halves every phi steps with gamma=0.5
     """

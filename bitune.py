@@ -1,13 +1,15 @@
 """
 Bitune: read the prompt both causally and bidirectionally, mix the two, answer causally.
-Kopiczko et al., "Bitune: Bidirectional Instruction-Tuning", arXiv 2405.14862.
+Kopiczko et al., "Bitune: Bidirectional Instruction-Tuning", arXiv 2405.14862; EMNLP 2025 as
+"Bitune: Leveraging Bidirectional Attention to Improve Decoder-Only LLMs".
 
-One frozen GPT (or, for full fine-tuning, one trainable GPT) with two LoRA
+One frozen GPT (or, for full fine-tuning, one trainable GPT) with two named
 adapters, 'causal' and 'bidir'. The prompt minus its last token is read twice:
 Pass A without a causal mask ('bidir' adapter), Pass B with one ('causal'
 adapter). Each layer's keys and values of the two passes are mixed with learned
-scalars, and Pass C reads the answer causally on top of that mixed prefix. The
-steps below follow the paper's method section in order (the README lists our choices).
+scalars, and Pass C reads the answer causally on top of that mixed prefix.
+Bitune.forward walks through steps 1-7 in the paper's order, and prefill() is
+step 8, generation; the README numbers the steps the same way.
 
     gpt = add_lora(GPT(cfg), names=('causal', 'bidir')); mark_only_lora_trainable(gpt)
     bitune = Bitune(gpt)                          # variant='full'
@@ -38,9 +40,8 @@ class Bitune(nn.Module):
     and C then run the base weights and Pass A runs base + the 'bidir' adapter, so
     the two readings of the prompt still have separate weights.
 
-    7. Gradients flow through all three passes into both adapters and every theta:
-    both adapters stay trainable and each pass only chooses which one is active.
-    Cost: training runs (P-1) + (P-1) + (T-P+1) token-forwards instead of T.
+    Cost: training runs (P-1) + (P-1) + (T-P+1) token-forwards instead of T
+    (prompt P, prompt + answer T).
     """
 
     def __init__(self, gpt, variant='full', theta_init=0.01, causal_adapter='causal', bidir_adapter='bidir'):
@@ -69,62 +70,10 @@ class Bitune(nn.Module):
         """The wrapped GPT's config, so code that reads model.config.block_size works for both."""
         return self.gpt.config
 
-    # ------------------------------------------------------------------ steps 2-4: read the prefix
-
-    def pass_a(self, prefix, pos, valid):
-        """2. Pass A: the prefix with NO causal mask (padding keys still masked), 'bidir' adapter.
-        Returns every layer's (K, V) and the hidden states after ln_f. Its logits are unused, and
-        since only its K/V reach the answer, the last block's attention output and MLP adapters get
-        no gradient from this pass."""
-        with adapter(self.gpt, self.a_adapter):
-            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn=self.a_attn, return_kv=True, hidden_layer=-1,
-                                 return_logits=False)  # its logits are never used: skip lm_head
-        return aux['kv'], aux['hidden']
-
-    def pass_b(self, prefix, pos, valid):
-        """3. Pass B: the same prefix and positions, the ordinary causal mask, 'causal' adapter.
-        Independent of Pass A: nothing mixed is fed back into either pass."""
-        with adapter(self.gpt, self.causal_adapter):
-            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn='causal', return_kv=True, return_logits=False)
-        return aux['kv']
-
-    def alpha(self):
-        """Per-layer weights of the BIDIRECTIONAL side, (alpha_k, alpha_v), each (L,) float32."""
-        if self.mixing == 'learned':
-            c = self.theta_init
-            t_k, t_v = self.mix_theta_k.float().abs(), self.mix_theta_v.float().abs()
-            return t_k / (t_k + c), t_v / (t_v + c)  # alpha = |theta| / (|theta| + theta_init)
-        const = torch.full((self.gpt.config.n_layer,), 0.5 if self.mixing == 'fixed' else 1.0,
-                          device=self.gpt.lm_head.weight.device)
-        return const, const  # 'fixed': 0.5; no mixing: the answer reads Pass A alone (alpha = 1)
-
-    def mix(self, kv_a, kv_b):
-        """4. Per layer l, separately for K and V, in float32, then cast back to the passes' dtype."""
-        a_k, a_v = self.alpha()
-        mixed = []
-        for l, ((k_a, v_a), (k_b, v_b)) in enumerate(zip(kv_a, kv_b)):
-            k = (1 - a_k[l]) * k_b.float() + a_k[l] * k_a.float()  # K_mix = (1 - alpha) K_causal + alpha K_bidir
-            v = (1 - a_v[l]) * v_b.float() + a_v[l] * v_a.float()  # V_mix = (1 - alpha) V_causal + alpha V_bidir
-            mixed.append((k.to(k_b.dtype), v.to(v_b.dtype)))        # each (B, nh, prefix_len, hs)
-        return mixed
-
-    def read_prefix(self, prefix, pos, valid):
-        """Steps 2-4 together: returns the mixed K/V per layer and Pass A's final hidden states."""
-        kv_a, hidden = self.pass_a(prefix, pos, valid)
-        if not self.has_pass_b:
-            return kv_a, hidden  # 'naive' and 'no_mixing': the answer reads Pass A's K/V directly
-        return self.mix(kv_a, self.pass_b(prefix, pos, valid)), hidden
-
-    def pass_c(self, tokens, pos, valid, kv, targets=None):
-        """5. Pass C: last prompt token + answer, 'causal' adapter, attending causally to
-        [mixed prefix ; own]. valid covers both; the model's mask aligns the triangle bottom-right."""
-        with adapter(self.gpt, self.causal_adapter):
-            return self.gpt(tokens, targets, pos=pos, valid=valid, past_kv=kv, return_kv=True)
-
     # ------------------------------------------------------------------ training
 
     def forward(self, batch):
-        """A RIGHT-padded batch from tasks.collate -> (loss, aux). Rows are gathered, never looped over."""
+        """A right-padded batch from data.tasks.collate -> (loss, aux). Rows are gathered, never looped over."""
         idx, pos, targets = batch['idx'], batch['pos'], batch['targets']
         P, A = batch['prompt_len'], batch['answer_len']  # (B,) each
         if int(P.min()) < 2:
@@ -134,6 +83,7 @@ class Bitune(nn.Module):
         # 1. prefix = x[0:P-1]: the first max(P)-1 columns, row i real on its first P_i - 1
         Tp = int(P.max()) - 1
         prefix_valid = torch.arange(Tp, device=idx.device)[None] < (P - 1)[:, None]  # (B, Tp)
+        # 2-4. Pass A (bidirectional), Pass B (causal), and their K/V mixed per layer
         kv, hidden = self.read_prefix(idx[:, :Tp], pos[:, :Tp], prefix_valid)
         # 5. Pass C reads x[P_i-1 : N_i-1] of row i: gather those columns, left-aligned to width max(A)
         Tc = int(A.max())
@@ -145,14 +95,68 @@ class Bitune(nn.Module):
         # as the causal baseline (the authors average per example, then over examples; we do not).
         logits, loss, _ = self.pass_c(idx.gather(1, cols), pos.gather(1, cols),
                                       torch.cat([prefix_valid, answer_valid], 1), kv, tgt)
-        # Pass A's hidden states are returned so BAI can take its pivots from the bidirectional reading
+        # 7. backward (in train.py) flows through all three passes into both adapters and every theta:
+        # both adapters stay trainable, each pass only chooses which one is active.
+        # Pass A's hidden states are returned so BAI can take its pivots from the bidirectional reading.
         return loss, {'logits': logits, 'targets': tgt, 'answer_valid': answer_valid,
                       'bidir_hidden': hidden, 'prefix_valid': prefix_valid}
 
-    # ------------------------------------------------------------------ 8. generation
+    # ------------------------------------------------------------------ reading the prefix (steps 2-4)
+
+    def pass_a(self, prefix, pos, valid):
+        """Pass A: the prefix with no causal mask (padding keys still masked), 'bidir' adapter.
+        Returns every layer's (K, V) and the hidden states after ln_f. Its logits are unused, and
+        since only its K/V reach the answer, the last block's attention output and MLP adapters get
+        no gradient from this pass."""
+        with adapter(self.gpt, self.a_adapter):
+            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn=self.a_attn, return_kv=True, hidden_layer=-1,
+                                 return_logits=False)  # its logits are never used: skip lm_head
+        return aux['kv'], aux['hidden']
+
+    def pass_b(self, prefix, pos, valid):
+        """Pass B: the same prefix and positions, the ordinary causal mask, 'causal' adapter.
+        Independent of Pass A: nothing mixed is fed back into either pass."""
+        with adapter(self.gpt, self.causal_adapter):
+            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn='causal', return_kv=True, return_logits=False)
+        return aux['kv']
+
+    def alpha(self):
+        """Per-layer weights of the bidirectional side, (alpha_k, alpha_v), each (L,) float32."""
+        if self.mixing == 'learned':
+            c = self.theta_init
+            t_k, t_v = self.mix_theta_k.float().abs(), self.mix_theta_v.float().abs()
+            return t_k / (t_k + c), t_v / (t_v + c)  # alpha = |theta| / (|theta| + theta_init)
+        const = torch.full((self.gpt.config.n_layer,), 0.5 if self.mixing == 'fixed' else 1.0,
+                          device=self.gpt.lm_head.weight.device)
+        return const, const  # 'fixed': 0.5; no mixing: the answer reads Pass A alone (alpha = 1)
+
+    def mix(self, kv_a, kv_b):
+        """Mix per layer l, separately for K and V, in float32, then cast back to the passes' dtype."""
+        a_k, a_v = self.alpha()
+        mixed = []
+        for l, ((k_a, v_a), (k_b, v_b)) in enumerate(zip(kv_a, kv_b)):
+            k = (1 - a_k[l]) * k_b.float() + a_k[l] * k_a.float()  # K_mix = (1 - alpha) K_causal + alpha K_bidir
+            v = (1 - a_v[l]) * v_b.float() + a_v[l] * v_a.float()  # V_mix = (1 - alpha) V_causal + alpha V_bidir
+            mixed.append((k.to(k_b.dtype), v.to(v_b.dtype)))        # each (B, nh, prefix_len, hs)
+        return mixed
+
+    def read_prefix(self, prefix, pos, valid):
+        """Pass A, Pass B and the mix: returns the mixed K/V per layer and Pass A's final hidden states."""
+        kv_a, hidden = self.pass_a(prefix, pos, valid)
+        if not self.has_pass_b:
+            return kv_a, hidden  # 'naive' and 'no_mixing': the answer reads Pass A's K/V directly
+        return self.mix(kv_a, self.pass_b(prefix, pos, valid)), hidden
+
+    def pass_c(self, tokens, pos, valid, kv, targets=None):
+        """Pass C: last prompt token + answer, 'causal' adapter, attending causally to
+        [mixed prefix ; own]. valid covers both; the model's mask aligns the triangle bottom-right."""
+        with adapter(self.gpt, self.causal_adapter):
+            return self.gpt(tokens, targets, pos=pos, valid=valid, past_kv=kv, return_kv=True)
+
+    # ------------------------------------------------------------------ generation
 
     def prefill(self, idx, pos, valid):
-        """Steps 1-5 on LEFT-padded prompts, Pass C on the last prompt token alone.
+        """8. Generation: steps 1-5 once on left-padded prompts, Pass C on the last prompt token alone.
         Returns its logits (B, V) and the KV cache over all prompt columns for GPT.generate."""
         if idx.size(1) < 2 or int(valid.sum(1).min()) < 2:
             raise ValueError("Bitune needs prompts of at least 2 tokens (the prefix is the prompt minus "

@@ -3,7 +3,7 @@ The model: a GPT-2 style decoder, with hand-written LoRA, switchable attention
 masks and a KV cache. One file, meant to be read top to bottom.
 
 What it adds to a plain nanoGPT model, and why:
-- LoRA adapters with NAMES (Hu et al., "LoRA", arXiv 2106.09685). Bitune
+- LoRA adapters with names (Hu et al., "LoRA", arXiv 2106.09685). Bitune
   (arXiv 2405.14862) reads the prompt twice with two different adapters,
   'causal' and 'bidir'; one call chooses which adapter the whole model runs.
 - A per-call attention mode: 'causal' (the usual triangle) or 'bidir' (every
@@ -38,7 +38,7 @@ class LoRALinear(nn.Linear):
     """nn.Linear plus any number of named low-rank adapters, one active at a time.
 
     A subclass of nn.Linear so `weight` and `bias` keep their names and GPT-2
-    checkpoints load unchanged; LoRA only ADDS state-dict keys, such as
+    checkpoints load unchanged; LoRA only adds state-dict keys, such as
     `transformer.h.0.attn.c_attn.lora_A.causal`. With no active adapter this is
     exactly nn.Linear.
     """
@@ -75,22 +75,13 @@ class LoRALinear(nn.Linear):
             raise RuntimeError(f"adapter '{self.merged}' is merged into the weight; call unmerge() "
                                f"before running with adapter {name!r}")
         if name is None or name == self.merged:
-            return F.linear(x, self.weight, self.bias)
-        if self.weight.requires_grad and torch.is_grad_enabled() and isinstance(self.lora_dropout[name], nn.Identity):
-            # W itself is being trained (Bitune's Pass A under peft='none'), so backward computes W's
-            # gradient g^T x in any case. Then one matmul with W + scale * B A, formed on the fly inside
-            # autograd, is the cheapest way: the same function and gradients, without the side path's two
-            # thin matmuls over every token (see bench.py). With W frozen, the side path below is
-            # cheaper, because it never needs g^T x.
-            return F.linear(x, torch.addmm(self.weight, self.lora_B[name], self.lora_A[name],
-                                           alpha=self.lora_scale[name]), self.bias)
-        y = F.linear(x, self.weight, self.bias)
-        h = self.lora_dropout[name](x) @ self.lora_A[name].t()  # (..., r)
-        # y + scale * h B^T as one fused multiply-add (addmm): the same numbers as writing it out,
-        # without two extra passes over y's memory (measurably faster on CPU, see bench.py)
-        out = torch.addmm(y.reshape(-1, self.out_features), h.reshape(-1, h.size(-1)), self.lora_B[name].t(),
-                          alpha=self.lora_scale[name])
-        return out.view_as(y)
+            return F.linear(x, self.weight, self.bias)                                 # W x + b
+        A, B, scale, drop = self.lora_A[name], self.lora_B[name], self.lora_scale[name], self.lora_dropout[name]
+        if self.weight.requires_grad and torch.is_grad_enabled() and isinstance(drop, nn.Identity):
+            # W is trained too (Bitune's Pass A under peft='none'): backward pays for W's gradient anyway,
+            # so one matmul with W + scale B A is cheaper than the two thin extra ones below. Same function.
+            return F.linear(x, self.weight + scale * (B @ A), self.bias)
+        return F.linear(x, self.weight, self.bias) + scale * (drop(x) @ A.t() @ B.t())  # W x + b + (alpha/r) B A x
 
     @torch.no_grad()
     def merge(self, name):
@@ -182,7 +173,7 @@ def load_lora_state_dict(model, sd):
 
 
 def attention_mask(valid, T, attn):
-    """Boolean mask for T queries that sit at the END of the S = valid.size(1) keys.
+    """Boolean mask for T queries that sit at the end of the S = valid.size(1) keys.
 
     valid: (B, S) True for real tokens (the cache's keys first, then this call's).
     Returns (B, 1, T, S), True = may attend. Query i is key number S - T + i, so
@@ -353,7 +344,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x) if return_logits else None  # (B, T, vocab): every position, not only the last
 
         loss = None
-        if targets is not None:  # a mean over every target that is not -1: each answer TOKEN weighs the same
+        if targets is not None:  # a mean over every target that is not -1: each answer token weighs the same
             if return_logits:
                 loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
             else:
@@ -371,7 +362,7 @@ class GPT(nn.Module):
                  stop_token=None, generator=None, prefill=None):
         """Continue a batch of prompts with a KV cache; returns (B, T + max_new_tokens).
 
-        idx (B, T) prompts LEFT-padded so they all end in the last column; valid
+        idx (B, T) prompts left-padded so they all end in the last column; valid
         (B, T) marks the real tokens. temperature 0 is greedy. After a row emits
         stop_token it is filled with stop_token. generator: a torch.Generator, so
         sampling never touches the global (training) random state. prefill: a
@@ -386,7 +377,7 @@ class GPT(nn.Module):
         if valid is None:
             valid = torch.ones(B, T, dtype=torch.bool, device=idx.device)
         if not valid[:, -1].all():
-            raise ValueError("prompts must be LEFT-padded: the last column must be a real token in every row")
+            raise ValueError("prompts must be left-padded: the last column must be a real token in every row")
         pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # real tokens get 0, 1, ...; padding gets 0 (never seen)
         if prefill is None:
             # only the last position's logits are needed: skip lm_head elsewhere (a large matmul for GPT-2)
@@ -438,7 +429,7 @@ class GPT(nn.Module):
 
 
 def configure_optimizers(module, weight_decay, learning_rate, betas, device_type, eps=1e-8, adapter_weight_decay=0.0):
-    """AdamW over the TRAINABLE parameters of any module (a GPT, or a wrapper such as Bitune's).
+    """AdamW over the trainable parameters of any module (a GPT, or a wrapper such as Bitune's).
 
     Three groups: 2-D base weights (decayed), 1-D base parameters (biases,
     LayerNorm; never decayed), and adapters: LoRA tensors and Bitune's mixing

@@ -27,11 +27,14 @@ from types import SimpleNamespace
 import torch
 from tqdm import tqdm
 
-from utils.checkpoint import build_model, is_adapter_only, model_from_checkpoint, save_checkpoint, state_to_save
+import bai
+
+from utils.checkpoint import build_model, model_from_checkpoint, restore_state, resume_config, save_run
 from configurator import configure
 from utils.evaluate import evaluate_task
+from utils.plot import plot_run
 from model import configure_optimizers, count_params
-from data.tasks import check_fits, collate, load_task
+from data.tasks import check_fits, collate, task_from_config
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -143,7 +146,79 @@ def lr_at(it, c):
     return c.min_lr + shape * (c.learning_rate - c.min_lr)
 
 
+def bai_weight_at(it, c):
+    """lambda * Lambda(t), the weight of BAI's awareness loss at iteration it (0 for the other methods)."""
+    if c.method not in ('bai', 'bitune_bai'):
+        return 0.0
+    return c.bai_lambda * bai.schedule(it, c.bai_schedule, eta=c.bai_eta, gamma=c.bai_gamma, phi=c.bai_phi,
+                                       max_iters=c.max_iters)
+
+
+def batch_loss(model, gpt, batch, c, bai_weight):
+    """(loss to optimise, {numbers to log}) for one batch. 'ce_loss' is always the answer tokens'
+    cross-entropy, the number every method is compared on. gpt is the GPT inside model (BAI needs its
+    embeddings); with method 'causal' or 'bai' they are the same module."""
+    if c.method == 'causal':
+        loss = model(batch['idx'], batch['targets'], return_logits=False)[1]  # lm_head on answer positions only
+        return loss, {'ce_loss': loss.item()}
+    if c.method == 'bai':
+        total, ce, aware = bai.compute_loss(model, batch, weight=bai_weight, layer=c.bai_layer, kind=c.bai_loss,
+                                            detach_target=c.bai_detach_target)
+        numbers = {'ce_loss': ce.item()}
+        if aware is not None:  # None when the weight is 0: the step is then exactly the causal baseline
+            numbers['bai_loss'] = aware.item()
+        return total, numbers
+    loss, aux = model(batch)  # Bitune: two prompt passes, the mix, the answer pass
+    if c.method == 'bitune_bai':
+        aware = bai.awareness_from_pivots(aux['bidir_hidden'], aux['prefix_valid'], batch, gpt, kind=c.bai_loss,
+                                          detach_target=c.bai_detach_target)
+        return loss + bai_weight * aware, {'ce_loss': loss.item(), 'bai_loss': aware.item()}
+    return loss, {'ce_loss': loss.item()}
+
+
+@torch.no_grad()
+def evaluate(model, gpt, task, c, dev, ctx, bai_weight):
+    """Val loss over eval_iters batches (the same ones every time), then the task metric by generation."""
+    model.eval()
+    val_set, meta = task['val'], task['meta']
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(c.eval_iters):
+        ids = torch.randint(len(val_set), (c.batch_size,), generator=g).tolist()
+        with ctx:
+            losses.append(batch_loss(model, gpt, collate([val_set[i] for i in ids], dev, meta['pad']), c,
+                                     bai_weight)[1]['ce_loss'])
+    scores, lines = evaluate_task(model, val_set[:c.eval_examples], meta, dev, batch_size=c.batch_size,
+                                  max_new_tokens=c.eval_max_new_tokens or None)
+    model.train()
+    return sum(losses) / len(losses), scores, lines
+
+
+def log_evaluation(path, model, c, evaluation, done, lr, bai_weight, recent, tokens_per_s, elapsed):
+    """Append one row to log.jsonl and print it. Train numbers are means over the steps since the last row."""
+    val_loss, scores, lines = evaluation
+    row = {'iter': done, 'val_loss': val_loss, **scores, 'lr': lr, 'tokens_per_s': tokens_per_s, 'elapsed_s': elapsed}
+    if recent:  # the row at iteration 0 (before any training) has no train loss
+        keys = {k for r in recent for k in r}
+        means = {k: sum(r[k] for r in recent if k in r) / sum(k in r for r in recent) for k in keys}
+        row['train_loss'] = means.pop('ce_loss')
+        row.update(means)
+    if c.method in ('bai', 'bitune_bai'):
+        row['bai_weight'] = bai_weight
+    if c.method.startswith('bitune'):
+        row.update(model.alphas())
+    recent.clear()
+    with open(path, 'a') as f:
+        f.write(json.dumps(row) + '\n')
+    metric = ', '.join(f"{k} {v:.1f}" for k, v in scores.items() if not k.startswith('em_'))
+    train_part = f"train {row['train_loss']:.4f}, " if 'train_loss' in row else ''
+    tqdm.write(f"iter {done}: {train_part}val {val_loss:.4f}, {metric}")
+    for line in lines:
+        tqdm.write(f"    {line}")
+
+
 def main(argv=None):
+    # ---- settings and device
     c = SimpleNamespace(**configure(DEFAULTS, sys.argv[1:] if argv is None else argv))
     check_config(c)
     dev = pick_device(c.device)
@@ -156,30 +231,16 @@ def main(argv=None):
     ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))  # fp16 needs loss scaling; bf16 does not
     os.makedirs(c.out_dir, exist_ok=True)
-    ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
+    ckpt_path, log_path = os.path.join(c.out_dir, 'ckpt.pt'), os.path.join(c.out_dir, 'log.jsonl')
 
-    # ---- data
-    if c.dataset == 'toy':
-        task = load_task('toy', seed=c.toy_seed, n_train=c.toy_n_train, n_val=c.toy_n_val, ops=c.toy_ops,
-                         min_len=c.toy_min_len, max_len=c.toy_max_len, n_symbols=c.toy_n_symbols,
-                         op_position=c.toy_op_position)
-    else:
-        task = load_task(c.dataset, data_dir=c.data_dir)
-    meta, train_set, val_set = task['meta'], task['train'], task['val']
-
-    # ---- model: new, or exactly where a killed run stopped
+    # ---- data and model: new, or exactly where a killed run stopped
+    task = task_from_config(vars(c))
+    meta, train_set = task['meta'], task['train']
     torch.manual_seed(c.seed)
     ckpt = None
     if c.init_from == 'resume':
-        model, gpt, ckpt = model_from_checkpoint(ckpt_path, 'cpu')  # reads the file once
-        saved = ckpt['config']
-        changed = {k: (saved[k], getattr(c, k)) for k in saved
-                   if k not in ('init_from', 'max_iters', 'eval_interval', 'device', 'compile')
-                   and saved[k] != getattr(c, k)}
-        if changed:
-            raise ValueError(f"resume: these settings differ from the saved run {changed}; pass the same "
-                             f"config (only max_iters, eval_interval, device and compile may change)")
-        run_cfg = {**saved, 'max_iters': c.max_iters, 'eval_interval': c.eval_interval}
+        model, gpt, ckpt = model_from_checkpoint(ckpt_path, 'cpu')
+        run_cfg = resume_config(ckpt['config'], vars(c))
     else:
         model, gpt = build_model(vars(c), meta)
         run_cfg = dict(vars(c))
@@ -188,102 +249,23 @@ def main(argv=None):
     trainable, total = count_params(model)
     print(f"method {c.method} ({c.bitune_variant if c.method.startswith('bitune') else ''}), peft {c.peft}, "
           f"{total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable; device {dev}, {dtype}")
-
     optimizer = configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device_type,
                                      eps=c.adam_eps)
     data_rng = torch.Generator().manual_seed(c.seed)  # batches come from here, so evaluation never shifts them
     iter_num = 0
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt['optimizer'])
-        iter_num = ckpt['iter_num']
-        data_rng.set_state(ckpt['rng']['data'])
-        torch.set_rng_state(ckpt['rng']['torch'])  # dropout draws from the global RNG
-        if device_type == 'cuda' and 'cuda' in ckpt['rng']:
-            torch.cuda.set_rng_state(ckpt['rng']['cuda'])
+        iter_num = restore_state(ckpt, optimizer, data_rng)
         print(f"resumed from {ckpt_path} at iteration {iter_num}")
-    elif os.path.exists(os.path.join(c.out_dir, 'log.jsonl')):
-        os.remove(os.path.join(c.out_dir, 'log.jsonl'))  # a fresh run starts a fresh log
+    elif os.path.exists(log_path):
+        os.remove(log_path)  # a fresh run starts a fresh log
     fwd_model = torch.compile(model) if c.compile else model  # keep `model` uncompiled for saving (no _orig_mod.)
-
-    # ---- one method = one small branch: the loss of a batch
-    bai_weight = 0.0
-    if c.method in ('bai', 'bitune_bai'):
-        import bai
-
-    def batch_loss(batch):
-        """Returns (loss to optimise, {numbers to log}); 'ce_loss' is always the answer tokens' cross-entropy,
-        the number every method is compared on."""
-        if c.method == 'causal':
-            loss = fwd_model(batch['idx'], batch['targets'], return_logits=False)[1]  # lm_head on answers only
-            return loss, {'ce_loss': loss.item()}
-        if c.method == 'bai':
-            total, ce, aware = bai.compute_loss(fwd_model, batch, weight=bai_weight, layer=c.bai_layer,
-                                                kind=c.bai_loss, detach_target=c.bai_detach_target)
-            numbers = {'ce_loss': ce.item()}
-            if aware is not None:  # None when the weight is 0: the step is then exactly the causal baseline
-                numbers['bai_loss'] = aware.item()
-            return total, numbers
-        loss, aux = fwd_model(batch)  # Bitune: two prompt passes, the mix, the answer pass
-        if c.method == 'bitune_bai':
-            aware = bai.awareness_from_pivots(aux['bidir_hidden'], aux['prefix_valid'], batch, gpt,
-                                              kind=c.bai_loss, detach_target=c.bai_detach_target)
-            return loss + bai_weight * aware, {'ce_loss': loss.item(), 'bai_loss': aware.item()}
-        return loss, {'ce_loss': loss.item()}
-
-    @torch.no_grad()
-    def evaluate():
-        model.eval()
-        g = torch.Generator().manual_seed(0)  # the same val batches at every evaluation
-        losses = []
-        for _ in range(c.eval_iters):
-            ids = torch.randint(len(val_set), (c.batch_size,), generator=g).tolist()
-            with ctx:
-                losses.append(batch_loss(collate([val_set[i] for i in ids], dev, meta['pad']))[1]['ce_loss'])
-        scores, lines = evaluate_task(model, val_set[:c.eval_examples], meta, dev, batch_size=c.batch_size,
-                                      max_new_tokens=c.eval_max_new_tokens or None)
-        model.train()
-        return sum(losses) / len(losses), scores, lines
-
-    log_path = os.path.join(c.out_dir, 'log.jsonl')
-
-    def log_evaluation(done, lr):
-        """Evaluate, append one row to log.jsonl and print it. Train numbers are means since the last row."""
-        val_loss, scores, lines = evaluate()
-        elapsed = time.time() - t_start
-        keys = {k for r in recent for k in r}
-        means = {k: sum(r[k] for r in recent if k in r) / sum(k in r for r in recent) for k in keys}
-        row = {'iter': done, 'val_loss': val_loss, **scores, 'lr': lr,
-               'tokens_per_s': tokens_seen / max(train_time, 1e-9), 'elapsed_s': elapsed}  # tokens/s: training steps only
-        if means:  # the row at iteration 0 (before any training) has no train loss
-            row['train_loss'] = means.pop('ce_loss')
-            row.update(means)
-        if c.method in ('bai', 'bitune_bai'):
-            row['bai_weight'] = bai_weight
-        if c.method.startswith('bitune'):
-            row.update(model.alphas())
-        recent.clear()
-        with open(log_path, 'a') as f:
-            f.write(json.dumps(row) + '\n')
-        metric = ', '.join(f"{k} {v:.1f}" for k, v in scores.items() if not k.startswith('em_'))
-        train_part = f"train {row['train_loss']:.4f}, " if 'train_loss' in row else ''
-        tqdm.write(f"iter {done}: {train_part}val {val_loss:.4f}, {metric}")
-        for line in lines:
-            tqdm.write(f"    {line}")
-
-    def save(done):
-        rng = {'data': data_rng.get_state(), 'torch': torch.get_rng_state()}
-        if device_type == 'cuda':
-            rng['cuda'] = torch.cuda.get_rng_state()
-        save_checkpoint(ckpt_path, {
-            'model': state_to_save(model, run_cfg), 'adapter_only': is_adapter_only(run_cfg),
-            'optimizer': optimizer.state_dict(), 'iter_num': done,
-            'config': run_cfg, 'model_args': vars(gpt.config), 'meta': meta, 'rng': rng})
 
     # ---- the training loop
     model.train()
     t_start, train_time, tokens_seen, recent = time.time(), 0.0, 0, []
-    if iter_num == 0:
-        log_evaluation(0, 0.0)  # where training starts from: alpha = 0.5, an untrained (or zero-shot) model
+    if iter_num == 0:  # where training starts from: alpha = 0.5, an untrained (or zero-shot) model
+        log_evaluation(log_path, model, c, evaluate(fwd_model, gpt, task, c, dev, ctx, 0.0), 0, 0.0, 0.0, recent,
+                       0.0, time.time() - t_start)
     bar = tqdm(range(iter_num, c.max_iters), initial=iter_num, total=c.max_iters, desc=c.method, dynamic_ncols=True,
                mininterval=1.0)
     for it in bar:
@@ -291,9 +273,7 @@ def main(argv=None):
         lr = lr_at(it, c)
         for group in optimizer.param_groups:
             group['lr'] = lr
-        if c.method in ('bai', 'bitune_bai'):
-            bai_weight = c.bai_lambda * bai.schedule(it, c.bai_schedule, eta=c.bai_eta, gamma=c.bai_gamma,
-                                                     phi=c.bai_phi, max_iters=c.max_iters)
+        bai_weight = bai_weight_at(it, c)
         # every micro-batch first, so each can be weighted by its share of the step's answer tokens
         picks = [torch.randint(len(train_set), (c.batch_size,), generator=data_rng).tolist()
                  for _ in range(c.gradient_accumulation_steps)]
@@ -302,7 +282,7 @@ def main(argv=None):
         step_loss, logged = 0.0, {}
         for batch in micro:
             with ctx:
-                loss, numbers = batch_loss(batch)
+                loss, numbers = batch_loss(fwd_model, gpt, batch, c, bai_weight)
             share = int(batch['answer_len'].sum()) / n_answer  # token-weighted mean over the whole step
             scaler.scale(loss * share).backward()
             step_loss += loss.item() * share
@@ -325,14 +305,14 @@ def main(argv=None):
 
         done = it + 1
         if done % c.eval_interval == 0 or done == c.max_iters:
-            log_evaluation(done, lr)
-            save(done)
+            log_evaluation(log_path, model, c, evaluate(fwd_model, gpt, task, c, dev, ctx, bai_weight), done, lr,
+                           bai_weight, recent, tokens_seen / max(train_time, 1e-9), time.time() - t_start)
+            save_run(ckpt_path, model, gpt, optimizer, done, run_cfg, meta, data_rng)
     bar.close()
 
     # ---- the end: pictures and a summary
-    from utils.plot import plot_run
     written = plot_run(c.out_dir)
-    with open(os.path.join(c.out_dir, 'log.jsonl')) as f:
+    with open(log_path) as f:
         last = json.loads(f.read().strip().splitlines()[-1])
     summary = ', '.join(f"{k} {last[k]:.1f}" for k in last if k == 'exact_match' or k.startswith('rouge'))
     print(f"done: {c.method} on {meta['name']}, {last['iter']} iterations in {time.time() - t_start:.0f}s; "

@@ -10,7 +10,7 @@
 #        GPT-2's weights (downloaded once, about 500 MB, into ~/.cache/nanobidir/gpt2)
 # gives: out-dialogsum-gpt2-<method>/log.jsonl with val loss and ROUGE-1/2/L (greedy summaries of
 #        200 val dialogues) at every evaluation, loss.png, metric.png, ckpt.pt (adapters only)
-# time:  NOT MEASURED (no GPU was at hand). An ESTIMATE for one A100/H100-class GPU, evaluations
+# time:  not measured; our estimate for one A100/H100-class GPU, evaluations
 #        included: about 10 minutes for LoRA and BAI, about 20 for Bitune (it reads each prompt twice).
 
 method = 'bitune'        # Bitune: variant 'full', theta_init 0.01 (train.py's defaults, see bitune.py).

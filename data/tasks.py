@@ -20,6 +20,15 @@ from data.toy import toy
 
 META_KEYS = ('name', 'tokenizer', 'vocab_size', 'eos', 'pad', 'bos', 'metric')
 
+def task_from_config(cfg):
+    """The task a run's settings (train.py's globals, as a dict) describe."""
+    if cfg['dataset'] == 'toy':
+        return load_task('toy', seed=cfg['toy_seed'], n_train=cfg['toy_n_train'], n_val=cfg['toy_n_val'],
+                         ops=cfg['toy_ops'], min_len=cfg['toy_min_len'], max_len=cfg['toy_max_len'],
+                         n_symbols=cfg['toy_n_symbols'], op_position=cfg['toy_op_position'])
+    return load_task(cfg['dataset'], data_dir=cfg['data_dir'])
+
+
 def load_task(name, data_dir='data', **toy_options):
     """'toy' is generated from toy_options; any other name is read from data_dir/<name>/."""
     if name == 'toy':

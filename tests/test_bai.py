@@ -8,7 +8,7 @@ import bai
 from model import count_params
 
 # prompts use tokens 1..10, answers 11..22 (the end token is 22), padding is 0: so a wte row
-# of an answer token is reached ONLY through the target path D, never through the input of a pivot
+# of an answer token is reached only through the target path D, never through the input of a pivot
 LENGTHS = [(7, 2), (3, 6), (5, 4)]  # (prompt, answer); the longest answer has the shortest prompt
 
 
@@ -19,7 +19,7 @@ def make_examples(seed=0, lengths=LENGTHS):
 
 
 def make_batch(examples, full=False):
-    """The training layout, RIGHT-padded. full=False: idx[i] = x[:N_i-1] (the last token is never
+    """The training layout, right-padded. full=False: idx[i] = x[:N_i-1] (the last token is never
     an input); full=True: idx[i] = x (tasks.collate keeps it). targets[i, P_i-1+j] = answer_i[j]."""
     B, N = len(examples), [len(p) + len(a) for p, a in examples]
     T = max(N) - (0 if full else 1)

@@ -41,7 +41,7 @@ def test_bidir_mode_sees_the_last_real_token_but_never_padding(tiny_gpt):
     valid = torch.ones(2, 9, dtype=torch.bool)
     valid[1, 6:] = False  # row 1: 6 real tokens, then padding
     base, _ = model(idx, valid=valid, attn='bidir')
-    # changing row 1's last REAL token changes its first position
+    # changing row 1's last real token changes its first position
     changed = idx.clone()
     changed[1, 5] = (changed[1, 5] + 1) % 23
     out, _ = model(changed, valid=valid, attn='bidir')
@@ -160,7 +160,7 @@ def test_bad_inputs_raise_clear_errors(tiny_gpt):
         model.generate(torch.zeros(1, 60, dtype=torch.long), 10)
     with pytest.raises(ValueError, match='block_size'):
         model(torch.zeros(1, 65, dtype=torch.long))
-    with pytest.raises(ValueError, match='LEFT-padded'):
+    with pytest.raises(ValueError, match='left-padded'):
         model.generate(torch.zeros(1, 4, dtype=torch.long), 2, valid=torch.tensor([[True, True, True, False]]))
     with pytest.raises(ValueError, match="'causal' or 'bidir'"):
         model(torch.zeros(1, 4, dtype=torch.long), attn='full')

@@ -112,7 +112,7 @@ def test_dialogsum_train_rouge_checkpoint_sample(tmp_path, capsys):
     model, gpt, ckpt = checkpoint.model_from_checkpoint(os.path.join(out, 'ckpt.pt'))
     assert ckpt['meta']['template'] == meta['template'] and gpt.config.vocab_size == 50257
 
-    # batched greedy generation on LEFT-padded prompts of different lengths, with the KV cache,
+    # batched greedy generation on left-padded prompts of different lengths, with the KV cache,
     # gives what each prompt gives alone (float64, so near-ties cannot flip an argmax)
     val = [json.loads(line) for line in (tmp_path / 'data' / 'dialogsum' / 'val.jsonl').read_text().splitlines()]
     assert len({len(ex['prompt']) for ex in val}) > 1

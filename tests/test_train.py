@@ -43,15 +43,15 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypa
     run(tmp_path, *args, name='straight')
     straight = read_log(str(tmp_path / 'straight'))
 
-    real_save = train.save_checkpoint
+    real_save = checkpoint.save_checkpoint
 
     def save_then_die(path, ckpt):  # the process is killed right after its first checkpoint
         real_save(path, ckpt)
         raise KeyboardInterrupt
-    monkeypatch.setattr(train, 'save_checkpoint', save_then_die)
+    monkeypatch.setattr(checkpoint, 'save_checkpoint', save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, *args, name='killed')
-    monkeypatch.setattr(train, 'save_checkpoint', real_save)
+    monkeypatch.setattr(checkpoint, 'save_checkpoint', real_save)
     run(tmp_path, *args, '--init_from=resume', name='killed')
     resumed = read_log(str(tmp_path / 'killed'))
     assert [r['iter'] for r in resumed] == [0, 4, 8]

@@ -115,3 +115,34 @@ def model_from_checkpoint(path, device='cpu'):
         model, gpt = build_model(cfg, ckpt['meta'], device)
         model.load_state_dict(ckpt['model'])
     return model, gpt, ckpt
+
+
+def save_run(path, model, gpt, optimizer, iter_num, run_cfg, meta, data_rng):
+    """Everything a resumed run needs to continue exactly: weights, optimizer, iteration and random states."""
+    rng = {'data': data_rng.get_state(), 'torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng['cuda'] = torch.cuda.get_rng_state()
+    save_checkpoint(path, {
+        'model': state_to_save(model, run_cfg), 'adapter_only': is_adapter_only(run_cfg),
+        'optimizer': optimizer.state_dict(), 'iter_num': iter_num,
+        'config': run_cfg, 'model_args': vars(gpt.config), 'meta': meta, 'rng': rng})
+
+
+def resume_config(saved, cfg):
+    """The saved run's settings; only those that cannot change the result may differ now."""
+    changed = {k: (saved[k], cfg[k]) for k in saved
+               if k not in ('init_from', 'max_iters', 'eval_interval', 'device', 'compile') and saved[k] != cfg[k]}
+    if changed:
+        raise ValueError(f"resume: these settings differ from the saved run {changed}; pass the same "
+                         f"config (only max_iters, eval_interval, device and compile may change)")
+    return {**saved, 'max_iters': cfg['max_iters'], 'eval_interval': cfg['eval_interval']}
+
+
+def restore_state(ckpt, optimizer, data_rng):
+    """Put the optimizer and the random generators back where the saved run was; returns its iteration."""
+    optimizer.load_state_dict(ckpt['optimizer'])
+    data_rng.set_state(ckpt['rng']['data'])
+    torch.set_rng_state(ckpt['rng']['torch'])  # dropout draws from the global RNG
+    if torch.cuda.is_available() and 'cuda' in ckpt['rng']:
+        torch.cuda.set_rng_state(ckpt['rng']['cuda'])
+    return ckpt['iter_num']

@@ -14,7 +14,7 @@ Where the operation goes is a switch, and it is the point of the toy:
     op_position='after'  (default)  prompt = ^ 3 1 4 1 5 R =
     op_position='before'            prompt = ^ R 3 1 4 1 5 =
     answer (both)                   5 1 4 1 3 $
-With the op AFTER the data, a causal model reads the data without knowing what
+With the op after the data, a causal model reads the data without knowing what
 it will be asked to do; prompt tokens that can attend to each other both ways
 (Bitune, arXiv 2405.14862) can. Comparing the two layouts asks where
 bidirectionality helps (see also BAI, arXiv 2408.13959).
