@@ -183,3 +183,28 @@ def test_batch_size_must_divide_among_the_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, 'setup', lambda device: (0, 3, device))
     with pytest.raises(ValueError, match='divide evenly among the 3 processes'):
         train.main(TINY + [f'--out_dir={tmp_path}'])
+
+
+def test_bench_under_torchrun_times_training_through_ddp(tmp_path, group_of_one):
+    import bench
+    out = tmp_path / 'bench.json'
+    bench.main(['--quick=True', '--n_layer=1', '--n_head=2', '--n_embd=32', '--batch_size=4', '--device=cpu',
+                '--peft=lora', f'--out={out}'])
+    r = json.loads(out.read_text())
+    assert set(r) == {'machine', 'config', 'token_ratio', 'train'}  # generation and inference: one process
+    for row in r['train']:
+        assert row['processes'] == 1 and row['total_tokens_per_s'] == pytest.approx(row['tokens_per_s'])
+
+
+def test_each_process_draws_its_own_dropout_masks(tmp_path, monkeypatch):
+    """Ranks 0 and 1 of 2, each played alone (no process group: nothing is exchanged)."""
+    seeds, real_loss = {}, train.batch_loss
+
+    def recording_loss(*args):
+        seeds.setdefault(rank, torch.initial_seed())  # the seed of the generator dropout draws from
+        return real_loss(*args)
+    monkeypatch.setattr(train, 'batch_loss', recording_loss)
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, 'setup', lambda device: (rank, 2, device))
+        train.main(TINY + ['--method=causal', '--dropout=0.1', '--max_iters=1', f'--out_dir={tmp_path}'])
+    assert seeds[0] != seeds[1]
