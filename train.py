@@ -224,8 +224,8 @@ def main(argv=None):
     c = SimpleNamespace(**configure(DEFAULTS, sys.argv[1:] if argv is None else argv))
     check_config(c)
     rank, world, dev = distributed.setup(pick_device(c.device))  # (0, 1, device) without torchrun
-    if c.batch_size % world:
-        raise ValueError(f"batch_size={c.batch_size} must divide evenly among the {world} processes")
+    if c.batch_size < world:  # each process takes a slice of every micro-batch (they may differ by one)
+        raise ValueError(f"batch_size={c.batch_size} leaves some of the {world} processes without examples")
     device_type = 'cuda' if dev.startswith('cuda') else dev
     dtype = c.dtype
     if dtype == 'auto':

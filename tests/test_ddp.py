@@ -54,8 +54,8 @@ def max_differences(out_a, out_b):
 
 
 @pytest.mark.parametrize('args, two_first', [
-    (['--method=causal'], False),                   # 1 process for 3 steps, then 2 resume it
-    (['--method=bitune', '--peft=lora'], True),     # 2 processes for 3 steps, then 1 resumes it
+    (['--method=causal'], False),  # 1 process for 3 steps, then 2 resume it
+    (['--method=bitune', '--peft=lora', '--batch_size=15'], True),  # 2 processes (7 + 8 examples), then 1
 ])
 def test_two_processes_train_like_one_and_resume_across_counts(tmp_path, args, two_first):
     straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
@@ -179,9 +179,9 @@ def test_every_method_trains_under_ddp_with_the_gradients_of_one_process(method,
         assert any(g is None for n, g in ddp_grads.items() if 'bidir' in n)  # the case this test is about
 
 
-def test_batch_size_must_divide_among_the_processes(tmp_path, monkeypatch):
-    monkeypatch.setattr(distributed, 'setup', lambda device: (0, 3, device))
-    with pytest.raises(ValueError, match='divide evenly among the 3 processes'):
+def test_every_process_needs_an_example(tmp_path, monkeypatch):
+    monkeypatch.setattr(distributed, 'setup', lambda device: (0, 17, device))
+    with pytest.raises(ValueError, match='batch_size=16 leaves some of the 17 processes without examples'):
         train.main(TINY + [f'--out_dir={tmp_path}'])
 
 

@@ -7,8 +7,8 @@ DistributedDataParallel (DDP), one process per GPU (or per CPU slot), started by
 
 torchrun tells each process its place through environment variables (RANK, LOCAL_RANK,
 WORLD_SIZE). Every process holds the whole model and takes its own slice of each batch; DDP
-sums the gradients across processes during backward, so every copy takes the same optimizer
-step. Without torchrun's variables each function below is the single-process case.
+averages the gradients across processes during backward, so every copy takes the same
+optimizer step. Without torchrun's variables each function below is the single-process case.
 """
 import os
 import sys
@@ -66,17 +66,19 @@ def wrap(model, loss_fn, device, unused_parameters):
     """A callable (*args) -> loss_fn(model, *args); under torchrun it goes through DDP, which
     first copies rank 0's weights to every process.
 
-    DDP sums each parameter's gradient across processes as soon as backward has produced it, so it
-    must know which parameters will get none, or it waits for them. Bitune has some by design: its
-    last block reads the prompt with the 'bidir' adapter, but only that pass's keys and values reach
-    the answer, so the block's attention-output and MLP adapters never matter; the 'naive' and
-    'shared' variants do not use the 'bidir' adapter at all. For such models (unused_parameters=True)
-    we pass find_unused_parameters=True: after each forward, DDP walks back through the autograd
-    graph from what forward returned and marks every parameter it does not meet as done. LossOf
-    makes that walk start from the loss alone; Bitune's forward also returns Pass A's hidden states,
-    which do depend on those adapters. The walk costs time on every forward, so the other methods,
-    whose every trainable parameter reaches the loss, go without it (and DDP reports it clearly if
-    one does not).
+    DDP averages each parameter's gradient across processes as soon as backward has produced it,
+    so it must know which parameters will get none, or the step's all-reduce never completes (and
+    the next step fails). Bitune has some by design: its last block reads the prompt with the
+    'bidir' adapter, but only that pass's keys and values reach the answer, so the block's
+    attention-output and MLP adapters never matter; the 'naive' and 'shared' variants do not use
+    the 'bidir' adapter at all. For such models (unused_parameters=True) we pass
+    find_unused_parameters=True: after each forward, DDP walks back through the autograd graph
+    from what forward returned and marks every parameter it does not meet as done. LossOf makes
+    that walk start from the loss alone (Bitune's forward also returns Pass A's hidden states,
+    which do depend on those adapters), and hands loss_fn the model itself, whose attributes DDP
+    would hide (BAI reads the embeddings). The walk costs time on every forward, so the other
+    methods, whose every trainable parameter reaches the loss, go without it (and DDP reports it
+    clearly if one does not).
     """
     if not dist.is_initialized():
         return lambda *args: loss_fn(model, *args)
