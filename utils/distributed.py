@@ -31,15 +31,17 @@ def setup(device):
     if not launched():
         return 0, 1, device
     rank, local_rank, world = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
-    if device.startswith('cuda'):
-        device = f'cuda:{local_rank}'  # one GPU per process, numbered within its machine
+    cuda = device.startswith('cuda')
+    if cuda:
+        device = f'cuda:{local_rank}'  # one GPU per process, numbered within its machine (cuda:N is ignored)
         torch.cuda.set_device(device)
     elif device != 'cpu':
         raise ValueError(f"device={device!r}: several processes need CUDA (NCCL) or the CPU (gloo)")
     # A process that dies is noticed by torchrun, which stops the others. The timeout is the last
     # resort for a process that hangs instead: the others give up waiting for it after 30 minutes
     # (rank 0's evaluation, which the others wait for, must fit in it).
-    dist.init_process_group('nccl' if device.startswith('cuda') else 'gloo', timeout=timedelta(minutes=30))
+    dist.init_process_group('nccl' if cuda else 'gloo', timeout=timedelta(minutes=30),
+                            device_id=torch.device(device) if cuda else None)
     if rank > 0:
         sys.stdout = open(os.devnull, 'w')  # one copy of every printed line; errors still reach stderr
     return rank, world, device
