@@ -9,6 +9,8 @@ torchrun tells each process its place through environment variables (RANK, LOCAL
 WORLD_SIZE). Every process holds the whole model and takes its own slice of each batch; DDP
 averages the gradients across processes during backward, so every copy takes the same
 optimizer step. Without torchrun's variables each function below is the single-process case.
+DDP itself: Li et al., "PyTorch Distributed: Experiences on Accelerating Data Parallel Training",
+VLDB 2020, arXiv 2006.15704.
 """
 import os
 import sys
