@@ -5,6 +5,7 @@ Speed and memory of causal tuning, Bitune (arXiv 2405.14862) and BAI (arXiv 2408
     python bench.py --model=gpt2-shape       # GPT-2 124M's shape with random weights (nothing is downloaded)
     python bench.py --dtype=bfloat16 --compile=True --out=bench_gpu.json   # the same on a GPU
     python bench.py --quick=True             # one or two calls of everything: for tests, not for numbers
+    torchrun --standalone --nproc_per_node=4 bench.py   # training only, one process per GPU, through DDP
 
 One table per part, and every number in bench.json (--out):
   training   ms per optimizer step (forward + backward + AdamW, median of `iters` after `warmup`) and
@@ -13,6 +14,9 @@ One table per part, and every number in bench.json (--out):
              with the KV cache, and a loop without a cache that re-reads the whole sequence every step.
   inference  one forward of the training batch: no adapters, a LoRA adapter unmerged, and merged.
   targets    the project's speed goals, each printed PASS or MISS (goals, not assertions).
+Under torchrun only the training part runs (generation and inference do not change with the number of
+processes): every process takes steps on its own batch_size examples, DDP sums the gradients, and the
+table gives tokens/s per process and in total, so the total over one process's is the speed-up.
 Cases that are compared are timed in turns (A, B, C, A, B, C, ...), so when other jobs share the
 machine a change of load slows all of them alike. Memory: on CUDA a case's parameters and optimizer
 state plus its peak rise during a call; on a CPU the process's peak RSS so far, which is process-wide
@@ -31,6 +35,7 @@ from io import StringIO
 import torch
 
 from bai import compute_loss
+from utils import distributed
 from utils.checkpoint import build_model
 from configurator import configure
 from model import GPT, GPTConfig, add_lora, configure_optimizers, lora_layers, set_adapter
@@ -126,18 +131,24 @@ def build(c, method, peft_, block):
     return build_model(run, {'vocab_size': c['vocab_size']}, c['dev'])[0]
 
 
-def train_step(method, model, opt, batch, ctx, compile_):
-    """One optimizer step: train.py's loss call for the method, backward, its clipping, AdamW."""
-    fwd = torch.compile(model) if compile_ else model
+def loss_of(method, model, batch):
+    """train.py's loss call for the method."""
+    if method == 'causal':
+        return model(batch['idx'], batch['targets'], return_logits=False)[1]
+    if method == 'bai':
+        return compute_loss(model, batch, weight=1.0)[0]  # CE + 1.0 * L_BAI from one forward
+    return model(batch)[0]                                # Bitune: Passes A and B, the mix, Pass C
+
+
+def train_step(method, model, opt, batch, ctx, compile_, dev):
+    """One optimizer step: train.py's loss call for the method (through DDP under torchrun), backward,
+    its clipping, AdamW."""
+    fwd = distributed.wrap(torch.compile(model) if compile_ else model, lambda m, b: loss_of(method, m, b), dev,
+                           unused_parameters=method == 'bitune')
 
     def step():
         with ctx:
-            if method == 'causal':
-                loss = fwd(batch['idx'], batch['targets'], return_logits=False)[1]
-            elif method == 'bai':
-                loss = compute_loss(fwd, batch, weight=1.0)[0]  # CE + 1.0 * L_BAI from one forward
-            else:
-                loss = fwd(batch)[0]                            # Bitune: Passes A and B, the mix, Pass C
+            loss = fwd(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -151,10 +162,13 @@ def bench_train(c, ctx, batch):
         models = {m: build(c, m, peft_, c['block_size']).train() for m in ('causal', 'bitune', 'bai')}
         with redirect_stdout(StringIO()):  # configure_optimizers prints parameter counts
             opts = {m: configure_optimizers(models[m], 0.1, 1e-4, (0.9, 0.99), dev.split(':')[0]) for m in models}
-        t, rise = interleaved({m: train_step(m, models[m], opts[m], batch, ctx, c['compile']) for m in models},
+        t, rise = interleaved({m: train_step(m, models[m], opts[m], batch, ctx, c['compile'], dev) for m in models},
                               dev, c['warmup'], c['iters'])
         rows += [dict(method=m, peft=peft_, ms_per_step=1e3 * s, vs_causal=s / t['causal'], tokens_per_s=B * T / s,
                       peak_mem_mb=memory_mb(dev, rise[m], models[m], opts[m])) for m, s in t.items()]
+    if distributed.launched():  # this process's tokens/s (rank 0's), and every process's added up
+        totals = distributed.all_sum([r['tokens_per_s'] for r in rows])
+        rows = [{**r, 'processes': c['processes'], 'total_tokens_per_s': total} for r, total in zip(rows, totals)]
     return rows
 
 
@@ -272,7 +286,8 @@ def main(argv=None):
             raise ValueError(f"{key}={value!r}: choose from {allowed}")
     if c['threads'] > 0:
         torch.set_num_threads(c['threads'])
-    dev = c['dev'] = pick_device(c['device'])
+    rank, c['processes'], dev = distributed.setup(pick_device(c['device']))  # (0, 1, device) without torchrun
+    c['dev'] = dev
     dt = c['dtype'] if c['dtype'] != 'auto' else (
         'bfloat16' if dev.startswith('cuda') and torch.cuda.is_bf16_supported() else 'float32')
     # autocast runs the matmuls in bfloat16 while weights and optimizer stay float32, as in train.py
@@ -298,8 +313,17 @@ def main(argv=None):
     ratio = ((P - 1) + (P - 1) + A) / (P + A)
     t0 = time.time()
     train = bench_train(c, ctx, batch)
-    table(f"training: batch {c['batch_size']} x (prompt {P} + answer {A}), one step = forward + backward + AdamW; "
+    per = ' per process' if distributed.launched() else ''
+    table(f"training: batch {c['batch_size']}{per} x (prompt {P} + answer {A}), one step = forward + backward + AdamW; "
           f"Bitune's token-count ratio {ratio:.2f}", train)
+    if distributed.launched():  # under torchrun: the training part only
+        distributed.teardown()
+        result = dict(machine=machine, config=c, token_ratio=ratio, train=train)
+        if rank == 0:
+            with open(c['out'], 'w') as f:
+                json.dump(result, f, indent=1)
+        print(f"{time.time() - t0:.0f}s; wrote {c['out']}")
+        return result
     gen = bench_generate(c, ctx, idx, valid)
     table(f"generation: {c['gen_batch_size']} prompts of {P} tokens, greedy; peft {c['gen_peft']}", gen)
     lora = bench_lora(c, ctx, batch)
@@ -321,4 +345,4 @@ if __name__ == '__main__':
     try:
         main()
     except ValueError as e:  # bad settings: the message says what to change
-        sys.exit(f"error: {e}")
+        sys.exit(distributed.error_line(e))

@@ -12,6 +12,7 @@ Train a model on prompt -> answer examples, with one of three methods:
     python train.py --method=causal                   # the baseline, same budget
     python train.py config/lab_toy.py --seed=2        # a config file, then overrides
     python train.py --init_from=resume --out_dir=out  # continue a killed run exactly
+    torchrun --standalone --nproc_per_node=4 train.py # the same run on 4 GPUs (utils/distributed.py)
 
 Every setting is a plain global below; `--key=value` or a config file overrides
 it (configurator.py checks names and types).
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 import bai
 
+from utils import distributed
 from utils.checkpoint import build_model, model_from_checkpoint, restore_state, resume_config, save_run
 from configurator import configure
 from utils.evaluate import evaluate_task
@@ -83,7 +85,7 @@ lora_targets = 'c_attn,c_proj,c_fc'
 # optimizer
 learning_rate = 1e-3
 max_iters = 1000         # the default run: a few minutes on a laptop CPU
-batch_size = 64
+batch_size = 64          # examples per micro-batch, shared out among the processes under torchrun
 gradient_accumulation_steps = 1
 weight_decay = 0.1       # base weights only; adapters and mixing scalars get none
 beta1 = 0.9
@@ -221,7 +223,9 @@ def main(argv=None):
     # ---- settings and device
     c = SimpleNamespace(**configure(DEFAULTS, sys.argv[1:] if argv is None else argv))
     check_config(c)
-    dev = pick_device(c.device)
+    rank, world, dev = distributed.setup(pick_device(c.device))  # (0, 1, device) without torchrun
+    if c.batch_size < world:  # each process takes a slice of every micro-batch (they may differ by one)
+        raise ValueError(f"batch_size={c.batch_size} leaves some of the {world} processes without examples")
     device_type = 'cuda' if dev.startswith('cuda') else dev
     dtype = c.dtype
     if dtype == 'auto':
@@ -256,39 +260,52 @@ def main(argv=None):
     if ckpt is not None:
         iter_num = restore_state(ckpt, optimizer, data_rng)
         print(f"resumed from {ckpt_path} at iteration {iter_num}")
-    elif os.path.exists(log_path):
+    elif rank == 0 and os.path.exists(log_path):
         os.remove(log_path)  # a fresh run starts a fresh log
+    if rank > 0:  # its own dropout masks; they are not saved, so a resumed run derives them from the iteration
+        torch.manual_seed(c.seed + rank + world * iter_num)
     fwd_model = torch.compile(model) if c.compile else model  # keep `model` uncompiled for saving (no _orig_mod.)
+    # batch_loss(fwd_model, ...), through DDP under torchrun; Bitune leaves some parameters without gradients
+    train_step = distributed.wrap(fwd_model, batch_loss, dev, unused_parameters=c.method.startswith('bitune'))
 
     # ---- the training loop
     model.train()
     t_start, train_time, tokens_seen, recent = time.time(), 0.0, 0, []
-    if iter_num == 0:  # where training starts from: alpha = 0.5, an untrained (or zero-shot) model
+    if iter_num == 0 and rank == 0:  # where training starts from: alpha = 0.5, an untrained (or zero-shot) model
         log_evaluation(log_path, model, c, evaluate(fwd_model, gpt, task, c, dev, ctx, 0.0), 0, 0.0, 0.0, recent,
                        0.0, time.time() - t_start)
     bar = tqdm(range(iter_num, c.max_iters), initial=iter_num, total=c.max_iters, desc=c.method, dynamic_ncols=True,
-               mininterval=1.0)
+               mininterval=1.0, disable=rank > 0)
     for it in bar:
         t_step = time.time()
         lr = lr_at(it, c)
         for group in optimizer.param_groups:
             group['lr'] = lr
         bai_weight = bai_weight_at(it, c)
-        # every micro-batch first, so each can be weighted by its share of the step's answer tokens
-        picks = [torch.randint(len(train_set), (c.batch_size,), generator=data_rng).tolist()
+        # every micro-batch first, so each can be weighted by its share of the step's answer tokens. Every
+        # process draws the same batch_size examples (data_rng is seeded alike) and keeps its own slice, so
+        # N processes see exactly the examples one process would.
+        mine = slice(rank * c.batch_size // world, (rank + 1) * c.batch_size // world)
+        picks = [torch.randint(len(train_set), (c.batch_size,), generator=data_rng)[mine].tolist()
                  for _ in range(c.gradient_accumulation_steps)]
         micro = [collate([train_set[i] for i in ids], dev, meta['pad']) for ids in picks]
-        n_answer = sum(int(b['answer_len'].sum()) for b in micro)
-        step_loss, logged = 0.0, {}
-        for batch in micro:
-            with ctx:
-                loss, numbers = batch_loss(fwd_model, gpt, batch, c, bai_weight)
-            share = int(batch['answer_len'].sum()) / n_answer  # token-weighted mean over the whole step
-            scaler.scale(loss * share).backward()
+        n_answer = int(distributed.all_sum([sum(int(b['answer_len'].sum()) for b in micro)])[0])  # all processes'
+        step_loss, logged, step_tokens = 0.0, {}, 0
+        for i, batch in enumerate(micro):
+            with distributed.no_sync(train_step, sync=i == len(micro) - 1):  # one all-reduce per step
+                with ctx:
+                    loss, numbers = train_step(gpt, batch, c, bai_weight)
+                share = int(batch['answer_len'].sum()) / n_answer  # token-weighted mean over the whole step
+                # DDP averages the processes' gradients; times world turns that into their sum
+                scaler.scale(loss * (share * world)).backward()
             step_loss += loss.item() * share
             for k, v in numbers.items():
                 logged[k] = logged.get(k, 0.0) + v * share
-            tokens_seen += int(batch['valid'].sum())
+            step_tokens += int(batch['valid'].sum())
+        if world > 1:  # every process logs (and checks) the whole step's numbers, as one process would
+            step_loss, *values, step_tokens = distributed.all_sum([step_loss, *logged.values(), step_tokens])
+            logged = dict(zip(logged, values))
+        tokens_seen += step_tokens
         if not math.isfinite(step_loss):
             bar.close()
             raise StopTraining(f"loss became {step_loss} at iteration {it}; the last good checkpoint is kept in "
@@ -305,10 +322,15 @@ def main(argv=None):
 
         done = it + 1
         if done % c.eval_interval == 0 or done == c.max_iters:
-            log_evaluation(log_path, model, c, evaluate(fwd_model, gpt, task, c, dev, ctx, bai_weight), done, lr,
-                           bai_weight, recent, tokens_seen / max(train_time, 1e-9), time.time() - t_start)
-            save_run(ckpt_path, model, gpt, optimizer, done, run_cfg, meta, data_rng)
+            if rank == 0:
+                log_evaluation(log_path, model, c, evaluate(fwd_model, gpt, task, c, dev, ctx, bai_weight), done,
+                               lr, bai_weight, recent, tokens_seen / max(train_time, 1e-9), time.time() - t_start)
+                save_run(ckpt_path, model, gpt, optimizer, done, run_cfg, meta, data_rng)
+            distributed.barrier()  # the other processes wait while rank 0 evaluates and saves
     bar.close()
+    distributed.teardown()
+    if rank > 0:
+        return None
 
     # ---- the end: pictures and a summary
     written = plot_run(c.out_dir)
@@ -325,4 +347,9 @@ if __name__ == '__main__':
     try:
         main()
     except (ValueError, FileNotFoundError, StopTraining) as e:  # configuration and data problems: the message says it all
-        sys.exit(f"error: {e}")
+        sys.exit(distributed.error_line(e))
+    except Exception as e:
+        if not distributed.launched():
+            raise  # one process: the traceback says where
+        # under torchrun, one line from the first process to fail instead of a traceback from every one
+        sys.exit(distributed.error_line(f"{type(e).__name__}: {e}"))
