@@ -252,7 +252,7 @@ def main(argv=None):
     model.to(dev)
     trainable, total = count_params(model)
     print(f"method {c.method} ({c.bitune_variant if c.method.startswith('bitune') else ''}), peft {c.peft}, "
-          f"{total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable; device {dev}, {dtype}")
+          f"{total / 1e6:.2f}M parameters, {trainable:,} trainable; device {dev}, {dtype}")
     optimizer = configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device_type,
                                      eps=c.adam_eps)
     data_rng = torch.Generator().manual_seed(c.seed)  # batches come from here, so evaluation never shifts them
