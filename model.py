@@ -185,7 +185,8 @@ def add_adapters(model, names=('causal',), kind='lora', r=8, alpha=8, dropout=0.
     linear layer: attention in/out, MLP in/out). IA3 goes where its paper puts it, whatever targets
     says: on the keys and values (the last two thirds of attn.c_attn's fused q, k, v output, so the
     queries are left alone) and on the MLP's inner activation (the input of mlp.c_proj).
-    wte and lm_head are never adapted.
+    wte and lm_head are never adapted. Add adapters after loading the base weights: DoRA's m
+    starts at the norms of the weights it finds.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown adapter kind {kind!r}; choose one of {KINDS}")
