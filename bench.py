@@ -38,7 +38,7 @@ from bai import compute_loss
 from utils import distributed
 from utils.checkpoint import build_model
 from configurator import configure
-from model import GPT, GPTConfig, add_lora, configure_optimizers, lora_layers, set_adapter
+from model import KINDS, GPT, GPTConfig, adapted_layers, add_adapters, configure_optimizers, set_adapter
 from data.tasks import collate, collate_prompts
 from train import pick_device
 
@@ -55,8 +55,8 @@ prompt_len = 12          # toy prompts average 11 tokens (^ data op =), answers 
 answer_len = 9
 batch_size = 64
 # what to run
-peft = 'none,lora'       # train under each: 'none' every weight | 'lora' frozen base + adapters
-gen_peft = 'lora'        # generation decodes with the 'causal' adapter unmerged, as after LoRA training
+peft = 'none,lora,dora,ia3'  # train under each: 'none' every weight | 'lora', 'dora', 'ia3' frozen base + adapters
+gen_peft = 'lora'        # generation decodes with the 'causal' adapter unmerged, as after adapter training
 gen_tokens = '32,128,256'  # new tokens per generation (clipped to the model's positions)
 gen_batch_size = 16      # prompts per generation; the loop without a cache is slow, so fewer than batch_size
 warmup = 3               # untimed calls of each case first (allocator, caches, compilation)
@@ -227,9 +227,9 @@ def bench_lora(c, ctx, batch):
     torch.manual_seed(c['seed'])
     models = {'plain': GPT(conf).to(c['dev']).eval()}
     for case in ('unmerged', 'merged'):
-        m = add_lora(GPT(conf), names=('causal',)).to(c['dev']).eval()
+        m = add_adapters(GPT(conf), names=('causal',)).to(c['dev']).eval()
         m.load_state_dict(models['plain'].state_dict(), strict=False)
-        for layer in lora_layers(m):
+        for layer in adapted_layers(m):
             torch.nn.init.normal_(layer.lora_B['causal'], std=0.02)  # B starts at 0; a trained adapter's is not
             if case == 'merged':
                 layer.merge('causal')
@@ -280,8 +280,8 @@ def main(argv=None):
     if P < 2 or A < 1 or P + A > c['block_size']:
         raise ValueError(f"need prompt_len >= 2 (Bitune's prefix is the prompt minus one token), answer_len >= 1 "
                          f"and prompt_len + answer_len <= block_size ({c['block_size']})")
-    for key, value, allowed in [('peft', p, ('none', 'lora')) for p in c['peft'].split(',')] + [
-            ('gen_peft', c['gen_peft'], ('none', 'lora')), ('dtype', c['dtype'], ('auto', 'float32', 'bfloat16'))]:
+    for key, value, allowed in [('peft', p, ('none',) + KINDS) for p in c['peft'].split(',')] + [
+            ('gen_peft', c['gen_peft'], ('none',) + KINDS), ('dtype', c['dtype'], ('auto', 'float32', 'bfloat16'))]:
         if value not in allowed:
             raise ValueError(f"{key}={value!r}: choose from {allowed}")
     if c['threads'] > 0:

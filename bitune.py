@@ -4,14 +4,16 @@ Kopiczko et al., "Bitune: Bidirectional Instruction-Tuning", arXiv 2405.14862; E
 "Bitune: Leveraging Bidirectional Attention to Improve Decoder-Only LLMs".
 
 One frozen GPT (or, for full fine-tuning, one trainable GPT) with two named
-adapters, 'causal' and 'bidir'. The prompt minus its last token is read twice:
-Pass A without a causal mask ('bidir' adapter), Pass B with one ('causal'
-adapter). Each layer's keys and values of the two passes are mixed with learned
-scalars, and Pass C reads the answer causally on top of that mixed prefix.
+adapters, 'causal' and 'bidir', of any kind (LoRA, DoRA or IA3: model.py).
+The prompt minus its last token is read twice: Pass A without a causal mask
+('bidir' adapter), Pass B with one ('causal' adapter). Each layer's keys and
+values of the two passes are mixed with learned scalars, and Pass C reads the
+answer causally on top of that mixed prefix.
 Bitune.forward walks through steps 1-7 in the paper's order, and prefill() is
 step 8, generation; the README numbers the steps the same way.
 
-    gpt = add_lora(GPT(cfg), names=('causal', 'bidir')); mark_only_lora_trainable(gpt)
+    gpt = add_adapters(GPT(cfg), names=('causal', 'bidir'), kind='dora')   # or 'lora', 'ia3'
+    mark_only_adapters_trainable(gpt)
     bitune = Bitune(gpt)                          # variant='full'
     loss, aux = bitune(tasks.collate(examples))   # training
     out = bitune.generate(idx, 20, valid=valid)   # same call as GPT.generate
@@ -19,7 +21,7 @@ step 8, generation; the README numbers the steps the same way.
 import torch
 import torch.nn as nn
 
-from model import adapter, lora_layers
+from model import adapter, adapter_kinds
 
 # The authors' ablations, one row each, as in the paper's table.
 VARIANTS = {
@@ -34,9 +36,9 @@ VARIANTS = {
 
 
 class Bitune(nn.Module):
-    """Wraps a GPT. causal_adapter / bidir_adapter name its LoRA adapters.
+    """Wraps a GPT. causal_adapter / bidir_adapter name its adapters (any kind, see model.add_adapters).
 
-    causal_adapter=None trains all weights (no LoRA for the causal side): Passes B
+    causal_adapter=None trains all weights (no adapter for the causal side): Passes B
     and C then run the base weights and Pass A runs base + the 'bidir' adapter, so
     the two readings of the prompt still have separate weights.
 
@@ -54,10 +56,10 @@ class Bitune(nn.Module):
         self.causal_adapter, self.bidir_adapter = causal_adapter, bidir_adapter
         self.a_attn, a_role, self.has_pass_b, self.mixing = VARIANTS[variant]
         self.a_adapter = causal_adapter if a_role == 'causal' else bidir_adapter
-        have = {n for m in lora_layers(gpt) for n in m.lora_A}
+        have = set(adapter_kinds(gpt))
         for name in {self.a_adapter, causal_adapter} - {None} - have:
-            raise ValueError(f"variant '{variant}' needs a LoRA adapter named {name!r}; the model has "
-                             f"{sorted(have) or 'none'}. Call add_lora(gpt, names=(...)) first.")
+            raise ValueError(f"variant '{variant}' needs an adapter named {name!r}; the model has "
+                             f"{sorted(have) or 'none'}. Call add_adapters(gpt, names=(...)) first.")
         if self.mixing == 'learned':
             # theta starts at theta_init, so alpha starts at 0.5. The 'mix_' prefix puts these
             # in configure_optimizers' adapter group (no weight decay).

@@ -11,6 +11,7 @@ Train a model on prompt -> answer examples, with one of three methods:
     python train.py                                   # Bitune on the toy task, a few minutes on a CPU
     python train.py --method=causal                   # the baseline, same budget
     python train.py config/lab_toy.py --seed=2        # a config file, then overrides
+    python train.py config/dialogsum_gpt2.py --peft=dora --out_dir=out-dora-{method}   # adapter kind: lora|dora|ia3
     python train.py --init_from=resume --out_dir=out  # continue a killed run exactly
     torchrun --standalone --nproc_per_node=4 train.py # the same run on 4 GPUs (utils/distributed.py)
 
@@ -35,7 +36,7 @@ from utils.checkpoint import build_model, model_from_checkpoint, restore_state, 
 from configurator import configure
 from utils.evaluate import evaluate_task
 from utils.plot import plot_run
-from model import configure_optimizers, count_params
+from model import KINDS, configure_optimizers, count_params
 from data.tasks import check_fits, collate, task_from_config
 
 # -----------------------------------------------------------------------------
@@ -76,10 +77,10 @@ n_embd = 128
 block_size = 64
 dropout = 0.0
 bias = True
-# parameter-efficient fine-tuning
-peft = 'none'            # 'none': train every weight | 'lora': frozen base + adapters
-lora_r = 8
-lora_alpha = 8           # scale = lora_alpha / lora_r
+# parameter-efficient fine-tuning (model.py: adapters)
+peft = 'none'            # 'none': train every weight | 'lora' | 'dora' | 'ia3': frozen base + adapters of that kind
+lora_r = 8               # lora_* settings are LoRA's and DoRA's; IA3 has no rank and fixed places (keys,
+lora_alpha = 8           # values, MLP activation). scale = lora_alpha / lora_r
 lora_dropout = 0.0
 lora_targets = 'c_attn,c_proj,c_fc'
 # optimizer
@@ -116,12 +117,15 @@ def check_config(c):
         c.out_dir = c.out_dir.format(**vars(c))
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"out_dir={c.out_dir!r}: braces may only name settings, e.g. {{method}} ({e!r})") from None
-    choices = {'method': METHODS, 'peft': ('none', 'lora'), 'decay': ('cosine', 'linear', 'constant'),
+    choices = {'method': METHODS, 'peft': ('none',) + KINDS, 'decay': ('cosine', 'linear', 'constant'),
                'dtype': ('auto', 'float32', 'bfloat16', 'float16'), 'toy_op_position': ('after', 'before'),
                'bai_loss': ('mse', 'cosine', 'ce'), 'bai_schedule': ('constant', 'linear', 'exp')}
     for key, allowed in choices.items():
         if getattr(c, key) not in allowed:
             raise ValueError(f"{key}={getattr(c, key)!r}: choose one of {allowed}")
+    if c.peft == 'ia3' and c.lora_targets != DEFAULTS['lora_targets']:
+        raise ValueError("lora_targets does not apply to peft='ia3': IA3 always scales the keys, values and "
+                         "MLP activation of every block. Leave lora_targets at its default.")
     for key in ('max_iters', 'batch_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters'):
         if getattr(c, key) < 1:
             raise ValueError(f"{key} must be at least 1, got {getattr(c, key)}")
@@ -252,7 +256,7 @@ def main(argv=None):
     model.to(dev)
     trainable, total = count_params(model)
     print(f"method {c.method} ({c.bitune_variant if c.method.startswith('bitune') else ''}), peft {c.peft}, "
-          f"{total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable; device {dev}, {dtype}")
+          f"{total / 1e6:.2f}M parameters, {trainable:,} trainable; device {dev}, {dtype}")
     optimizer = configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device_type,
                                      eps=c.adam_eps)
     data_rng = torch.Generator().manual_seed(c.seed)  # batches come from here, so evaluation never shifts them

@@ -57,7 +57,14 @@ LABS = {
                  'arms': {'lora_causal': {'method': 'causal'},
                           'lora_causal_r16': {'method': 'causal', 'lora_r': 16, 'lora_alpha': 16},
                           'lora_causal_r16_alpha8': {'method': 'causal', 'lora_r': 16, 'lora_alpha': 8},
-                          'lora_bitune': {'method': 'bitune'}}},
+                          'lora_bitune': {'method': 'bitune'},
+                          # Is Bitune's effect PEFT-agnostic? The same pair with the other adapter kinds (model.py).
+                          # IA3 trains ~20x fewer numbers than LoRA and wants a far higher learning rate, chosen
+                          # by a sweep of ia3_causal on seed 4 (outside the default seeds; the handout has it).
+                          'dora_causal': {'method': 'causal', 'peft': 'dora'},
+                          'dora_bitune': {'method': 'bitune', 'peft': 'dora'},
+                          'ia3_causal': {'method': 'causal', 'peft': 'ia3', 'learning_rate': 0.3},
+                          'ia3_bitune': {'method': 'bitune', 'peft': 'ia3', 'learning_rate': 0.3}}},
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # runs start here, where train.py is
 CONFIG = os.path.join(ROOT, 'config', 'lab_toy.py')

@@ -10,13 +10,16 @@ from utils import weights
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def randomize_lora(model, seed=1):
-    """Fresh adapters are zero by design; give B random values so they do something."""
+def randomize_adapters(model, seed=1):
+    """Fresh adapters change nothing by design; move them away from their start so they do something:
+    LoRA's and DoRA's B away from 0, DoRA's m and IA3's l away from where they start (by up to 50%)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if 'lora_B' in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            elif 'dora_m' in n or 'ia3_l' in n:
+                p.mul_(1 + (torch.rand(p.shape, generator=g) - 0.5))
 
 
 def load_script(name):

@@ -19,7 +19,7 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert r["token_ratio"] == pytest.approx((11 + 11 + 9) / 21)  # prefix 11 twice + answer 9, over 21
 
     assert {(t['method'], t['peft']) for t in r['train']} == {(m, p) for m in ('causal', 'bitune', 'bai')
-                                                             for p in ('none', 'lora')}
+                                                             for p in ('none', 'lora', 'dora', 'ia3')}
     assert {(g['method'], g['new_tokens']) for g in r['generate']} == {(m, n) for m in ('causal', 'bitune', 'no_cache')
                                                                       for n in (4, 8)}
     assert {l['case'] for l in r['lora']} == {'plain', 'unmerged', 'merged'}
@@ -29,7 +29,7 @@ def test_quick_bench_writes_every_section(tmp_path):
     for row, keys in numbers:
         for k in keys:
             assert row[k] > 0, (row, k)
-    assert len(r['targets']) == 5 and all(t['value'] > 0 and isinstance(t['ok'], bool) for t in r['targets'])
+    assert len(r['targets']) == 7 and all(t['value'] > 0 and isinstance(t['ok'], bool) for t in r['targets'])
 
 
 def test_bad_settings_fail_with_a_clear_message(tmp_path):

@@ -4,16 +4,16 @@ import torch
 import torch.nn.functional as F
 
 from bitune import VARIANTS, Bitune
-from helpers import randomize_lora
-from model import add_lora, configure_optimizers, mark_only_lora_trainable
+from helpers import randomize_adapters
+from model import add_adapters, configure_optimizers, mark_only_adapters_trainable
 
 V = 23  # the tiny_gpt vocabulary
 
 
 
 def lora_bitune(tiny_gpt, variant='full', thetas=None):
-    gpt = add_lora(tiny_gpt(), names=('causal', 'bidir'), r=4, alpha=4)
-    randomize_lora(gpt)
+    gpt = add_adapters(tiny_gpt(), names=('causal', 'bidir'), r=4, alpha=4)
+    randomize_adapters(gpt)
     bt = Bitune(gpt, variant=variant)
     if thetas is not None and hasattr(bt, 'mix_theta_k'):
         with torch.no_grad():
@@ -155,7 +155,7 @@ def test_naive_and_shared_never_use_the_bidir_adapter(tiny_gpt):
     for variant in ('naive', 'shared'):
         bt = lora_bitune(tiny_gpt, variant)
         loss, _ = bt(batch)
-        randomize_lora(bt.gpt, seed=5)  # new values for both adapters ...
+        randomize_adapters(bt.gpt, seed=5)  # new values for both adapters ...
         with torch.no_grad():
             for n, p in lora_bitune(tiny_gpt, variant).gpt.named_parameters():
                 if n.endswith('.causal'):  # ... then the causal one put back
@@ -193,7 +193,7 @@ def test_both_batch_layouts_give_the_same_loss(tiny_gpt):
 
 def test_lora_gradients_reach_both_adapters_and_every_theta_not_the_base(tiny_gpt):
     bt = lora_bitune(tiny_gpt, thetas=THETAS)
-    mark_only_lora_trainable(bt.gpt)
+    mark_only_adapters_trainable(bt.gpt)
     loss, _ = bt(make_batch(rand_examples(LENGTHS)))
     loss.backward()
     # only Pass A's K/V are read, so the bidir adapter's last-block attention output and MLP cannot matter
@@ -210,8 +210,8 @@ def test_lora_gradients_reach_both_adapters_and_every_theta_not_the_base(tiny_gp
 
 
 def test_full_finetuning_trains_the_base_and_the_bidir_adapter(tiny_gpt):
-    gpt = add_lora(tiny_gpt(), names=('bidir',), r=4, alpha=4)
-    randomize_lora(gpt)
+    gpt = add_adapters(tiny_gpt(), names=('bidir',), r=4, alpha=4)
+    randomize_adapters(gpt)
     bt = Bitune(gpt, causal_adapter=None)
     loss, _ = bt(make_batch(rand_examples(LENGTHS)))
     loss.backward()
@@ -251,7 +251,7 @@ def test_cached_generation_equals_recomputation_through_the_bitune_forward(tiny_
 @pytest.mark.parametrize('variant', list(VARIANTS))
 def test_every_variant_trains_and_generates(tiny_gpt, variant):
     bt = lora_bitune(tiny_gpt, variant)
-    mark_only_lora_trainable(bt.gpt)
+    mark_only_adapters_trainable(bt.gpt)
     loss, aux = bt(make_batch(rand_examples(LENGTHS)))
     loss.backward()
     assert torch.isfinite(loss) and aux['logits'].shape == (3, 5, V)
@@ -262,7 +262,7 @@ def test_every_variant_trains_and_generates(tiny_gpt, variant):
 
 
 def test_bad_inputs_raise_clear_errors(tiny_gpt):
-    gpt = add_lora(tiny_gpt(), names=('causal', 'bidir'))
+    gpt = add_adapters(tiny_gpt(), names=('causal', 'bidir'))
     with pytest.raises(ValueError, match='choose one of full, naive, no_mixing, only_causal, shared, fixed'):
         Bitune(gpt, variant='bidirectional')
     bt = Bitune(gpt)
@@ -277,7 +277,7 @@ def test_state_dict_round_trip_keeps_thetas_and_both_adapters(tiny_gpt, tmp_path
     torch.save(bt.state_dict(), tmp_path / 'bitune.pt')
     sd = torch.load(tmp_path / 'bitune.pt', weights_only=True)
     assert {'mix_theta_k', 'mix_theta_v', 'gpt.transformer.h.0.attn.c_attn.lora_A.bidir'} <= set(sd)
-    other = Bitune(add_lora(tiny_gpt(seed=3), names=('causal', 'bidir'), r=4, alpha=4))
+    other = Bitune(add_adapters(tiny_gpt(seed=3), names=('causal', 'bidir'), r=4, alpha=4))
     other.load_state_dict(sd)
     batch = make_batch(rand_examples(LENGTHS))
     assert torch.equal(bt(batch)[1]['logits'], other(batch)[1]['logits'])

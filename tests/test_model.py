@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import randomize_lora
-from model import (LoRALinear, adapter, add_lora, attention_mask, configure_optimizers, count_params,
-                   load_lora_state_dict, lora_state_dict, mark_only_lora_trainable, set_adapter)
+from helpers import randomize_adapters
+from model import (AdaptedLinear, adapter, adapter_state_dict, add_adapters, attention_mask, configure_optimizers,
+                   count_params, load_adapter_state_dict, mark_only_adapters_trainable, set_adapter)
 
 
 # ----------------------------------------------------------------------------- forward and masks
@@ -184,7 +184,7 @@ def test_fresh_adapter_changes_nothing_and_keeps_checkpoint_keys(tiny_gpt):
     idx = torch.randint(0, 23, (2, 6))
     before, _ = model(idx)
     keys_before = set(model.state_dict())
-    add_lora(model, names=('causal', 'bidir'), r=4, alpha=4)
+    add_adapters(model, names=('causal', 'bidir'), r=4, alpha=4)
     set_adapter(model, 'causal')
     after, _ = model(idx)
     assert torch.equal(before, after)
@@ -198,8 +198,8 @@ def test_fresh_adapter_changes_nothing_and_keeps_checkpoint_keys(tiny_gpt):
 
 
 def test_switching_adapters_changes_outputs_and_context_restores(tiny_gpt):
-    model = add_lora(tiny_gpt(), names=('causal', 'bidir'))
-    randomize_lora(model)
+    model = add_adapters(tiny_gpt(), names=('causal', 'bidir'))
+    randomize_adapters(model)
     idx = torch.randint(0, 23, (2, 6))
     set_adapter(model, 'causal')
     a, _ = model(idx)
@@ -215,14 +215,14 @@ def test_switching_adapters_changes_outputs_and_context_restores(tiny_gpt):
 
 
 def test_merge_equals_unmerged_and_unmerge_restores(tiny_gpt):
-    model = add_lora(tiny_gpt(), names=('causal', 'bidir'))
-    randomize_lora(model)
+    model = add_adapters(tiny_gpt(), names=('causal', 'bidir'))
+    randomize_adapters(model)
     set_adapter(model, 'causal')
     idx = torch.randint(0, 23, (2, 6))
     unmerged, _ = model(idx)
     w0 = model.transformer.h[0].attn.c_attn.weight.clone()
     for m in model.modules():
-        if isinstance(m, LoRALinear):
+        if isinstance(m, AdaptedLinear):
             m.merge('causal')
     merged, _ = model(idx)
     assert torch.allclose(merged, unmerged, atol=1e-5)
@@ -231,16 +231,16 @@ def test_merge_equals_unmerged_and_unmerge_restores(tiny_gpt):
         with adapter(model, 'bidir'):
             model(idx)
     for m in model.modules():
-        if isinstance(m, LoRALinear):
+        if isinstance(m, AdaptedLinear):
             m.unmerge()
     assert torch.allclose(model.transformer.h[0].attn.c_attn.weight, w0, atol=1e-6)
 
 
 def test_lora_on_a_trainable_weight_gives_the_side_path_numbers_and_gradients():
-    """With W trainable, LoRALinear forms W + scale * B A inside autograd (one matmul); with W frozen it
+    """With W trainable, AdaptedLinear forms W + scale * B A inside autograd (one matmul); with W frozen it
     adds scale * B A x on the side. Both must be W x + b + scale * B A x, with the same adapter gradients."""
     torch.manual_seed(0)
-    layer = LoRALinear(6, 5)
+    layer = AdaptedLinear(6, 5)
     layer.add_adapter('a', r=2, alpha=6)   # scale 3: a missing or doubled scale would show
     torch.nn.init.normal_(layer.lora_B['a'])
     layer.active = 'a'
@@ -264,9 +264,9 @@ def test_lora_on_a_trainable_weight_gives_the_side_path_numbers_and_gradients():
 
 
 def test_both_adapters_get_gradients_and_the_base_none(tiny_gpt):
-    model = add_lora(tiny_gpt(), names=('causal', 'bidir'))
-    randomize_lora(model)
-    mark_only_lora_trainable(model)
+    model = add_adapters(tiny_gpt(), names=('causal', 'bidir'))
+    randomize_adapters(model)
+    mark_only_adapters_trainable(model)
     idx = torch.randint(0, 23, (2, 6))
     with adapter(model, 'bidir'):
         la, _ = model(idx, attn='bidir')
@@ -283,29 +283,29 @@ def test_both_adapters_get_gradients_and_the_base_none(tiny_gpt):
 
 
 def test_adapter_only_state_dict_round_trips(tiny_gpt, tmp_path):
-    model = add_lora(tiny_gpt(), names=('causal', 'bidir'), targets=('c_attn',))
-    randomize_lora(model)
-    sd = lora_state_dict(model)
+    model = add_adapters(tiny_gpt(), names=('causal', 'bidir'), targets=('c_attn',))
+    randomize_adapters(model)
+    sd = adapter_state_dict(model)
     assert set(sd) and all('lora_' in k for k in sd)
     torch.save(sd, tmp_path / 'lora.pt')
-    other = add_lora(tiny_gpt(), names=('causal', 'bidir'), targets=('c_attn',))
-    load_lora_state_dict(other, torch.load(tmp_path / 'lora.pt', weights_only=True))
+    other = add_adapters(tiny_gpt(), names=('causal', 'bidir'), targets=('c_attn',))
+    load_adapter_state_dict(other, torch.load(tmp_path / 'lora.pt', weights_only=True))
     idx = torch.randint(0, 23, (1, 5))
     for name in ('causal', 'bidir'):
         set_adapter(model, name), set_adapter(other, name)
         assert torch.equal(model(idx)[0], other(idx)[0])
     with pytest.raises(ValueError, match='does not match'):
-        load_lora_state_dict(add_lora(tiny_gpt(), names=('causal',)), sd)
+        load_adapter_state_dict(add_adapters(tiny_gpt(), names=('causal',)), sd)
 
 
 def test_optimizer_groups_put_adapters_apart_without_decay(tiny_gpt):
-    model = add_lora(tiny_gpt(), names=('causal',))
+    model = add_adapters(tiny_gpt(), names=('causal',))
     opt = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.99), 'cpu')
     decay, no_decay, adapters = opt.param_groups
     assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0 and adapters['weight_decay'] == 0.0
     assert sum(p.numel() for p in adapters['params']) == sum(
         p.numel() for n, p in model.named_parameters() if 'lora_' in n)
-    mark_only_lora_trainable(model)
+    mark_only_adapters_trainable(model)
     opt = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.99), 'cpu')
     assert len(opt.param_groups) == 1  # only the adapters are left to train
 

@@ -204,7 +204,7 @@ def test_load_into_errors(tmp_path):
     assert "unexpected keys: ['transformer.h.7.extra']" in msg
     assert 'transformer.h.0.attn.c_proj.weight: expected (8, 8), got (8, 9)' in msg
     # a model with LoRA adapters still loads a plain checkpoint, and the (fresh) adapters are kept
-    if hasattr(model_mod, 'add_lora'):
-        model_mod.add_lora(model, names=('causal',), r=2)
+    if hasattr(model_mod, 'add_adapters'):
+        model_mod.add_adapters(model, names=('causal',), r=2)
         weights.load_into(model, sd)
         assert torch.equal(model.transformer.h[0].mlp.c_fc.weight, sd['transformer.h.0.mlp.c_fc.weight'])

@@ -6,25 +6,26 @@ comes back as the same model it was saved from.
 
 A checkpoint is a dict of plain types and tensors, so it loads with
 torch.load(weights_only=True): no pickled classes, nothing that runs code.
-When the base is frozen (peft='lora' on a pretrained or saved base) only the
-adapters and Bitune's mixing scalars are stored, and the base is rebuilt from
-`init_from`: a GPT-2 LoRA checkpoint is a few MB instead of 500.
+When the base is frozen (peft 'lora', 'dora' or 'ia3' on a pretrained or saved
+base) only the adapters and Bitune's mixing scalars are stored, and the base is
+rebuilt from `init_from`: a GPT-2 adapter checkpoint is a few MB instead of 500.
 """
 import os
 
 import torch
 
-from model import GPT, GPTConfig, add_lora, mark_only_lora_trainable, set_adapter
+from model import GPT, GPTConfig, add_adapters, is_adapter_param, mark_only_adapters_trainable, set_adapter
 from utils.weights import GPT2_NAMES
 
 
 def adapter_names(method, peft):
-    """Which LoRA adapters a method needs. Bitune reads the prompt with two sets of weights:
-    under 'lora' both are adapters; under 'none' the causal passes use the (trainable) base
-    itself and only the bidirectional pass gets an adapter on top of it."""
+    """Which adapters a method needs. Bitune reads the prompt with two sets of weights:
+    under 'lora', 'dora' or 'ia3' both are adapters of that kind; under 'none' the causal
+    passes use the (trainable) base itself and only the bidirectional pass gets an adapter
+    (a LoRA) on top of it."""
     if method.startswith('bitune'):
-        return ('causal', 'bidir') if peft == 'lora' else ('bidir',)
-    return ('causal',) if peft == 'lora' else ()
+        return ('causal', 'bidir') if peft != 'none' else ('bidir',)
+    return ('causal',) if peft != 'none' else ()
 
 
 def base_model(cfg, meta, device='cpu'):
@@ -45,7 +46,7 @@ def base_model(cfg, meta, device='cpu'):
                              f"use the same dataset family (e.g. toy with the same n_symbols)")
         gpt = GPT(GPTConfig(**{**ckpt['model_args'], 'dropout': cfg['dropout']}))
         sd = {k[len('gpt.'):] if k.startswith('gpt.') else k: v for k, v in ckpt['model'].items()}
-        gpt.load_state_dict({k: v for k, v in sd.items() if 'lora_' not in k and 'mix_' not in k})
+        gpt.load_state_dict({k: v for k, v in sd.items() if not is_adapter_param(k)})
         return gpt
     raise ValueError(f"init_from={src!r}: use 'scratch', 'resume', a GPT-2 name {GPT2_NAMES}, "
                      f"a directory with config.json + model.safetensors, or a .pt checkpoint")
@@ -56,28 +57,28 @@ def build_model(cfg, meta, device='cpu'):
     gpt = base_model(cfg, meta, device)
     names = adapter_names(cfg['method'], cfg['peft'])
     if names:
-        add_lora(gpt, names=names, r=cfg['lora_r'], alpha=cfg['lora_alpha'], dropout=cfg['lora_dropout'],
-                 targets=tuple(cfg['lora_targets'].split(',')))
-    if cfg['peft'] == 'lora':
-        mark_only_lora_trainable(gpt)
+        add_adapters(gpt, names=names, kind='lora' if cfg['peft'] == 'none' else cfg['peft'], r=cfg['lora_r'],
+                     alpha=cfg['lora_alpha'], dropout=cfg['lora_dropout'], targets=tuple(cfg['lora_targets'].split(',')))
+    if cfg['peft'] != 'none':
+        mark_only_adapters_trainable(gpt)
         set_adapter(gpt, 'causal')  # the ordinary left-to-right adapter; Bitune switches per pass
     model = gpt
     if cfg['method'].startswith('bitune'):
         import bitune
         model = bitune.Bitune(gpt, variant=cfg['bitune_variant'], theta_init=cfg['bitune_theta_init'],
-                              causal_adapter='causal' if cfg['peft'] == 'lora' else None, bidir_adapter='bidir')
+                              causal_adapter='causal' if cfg['peft'] != 'none' else None, bidir_adapter='bidir')
     return model.to(device), gpt
 
 
 def is_adapter_only(cfg):
-    # a random frozen base ('scratch' + LoRA) cannot be rebuilt from a name, so it is saved whole
-    return cfg['peft'] == 'lora' and cfg['init_from'] not in ('scratch', 'resume')
+    # a random frozen base ('scratch' + adapters) cannot be rebuilt from a name, so it is saved whole
+    return cfg['peft'] != 'none' and cfg['init_from'] not in ('scratch', 'resume')
 
 
 def state_to_save(model, cfg):
     sd = model.state_dict()
     if is_adapter_only(cfg):
-        sd = {k: v for k, v in sd.items() if 'lora_' in k or 'mix_' in k}
+        sd = {k: v for k, v in sd.items() if is_adapter_param(k)}
     return sd
 
 
@@ -104,7 +105,7 @@ def model_from_checkpoint(path, device='cpu'):
     if ckpt['adapter_only']:
         model, gpt = build_model(cfg, ckpt['meta'], device)
         missing, unexpected = model.load_state_dict(ckpt['model'], strict=False)
-        lost = [k for k in missing if 'lora_' in k or 'mix_' in k]
+        lost = [k for k in missing if is_adapter_param(k)]
         if lost or unexpected:
             raise ValueError(f"{path} does not fit the model its config describes: missing {lost[:4]}, "
                              f"unexpected {unexpected[:4]}")

@@ -141,8 +141,9 @@ def load_gpt2(name_or_dir, cache_dir=None):
 
 
 def load_into(model, sd):
-    """Copy sd into model after checking every key and shape; LoRA weights (keys with 'lora_') are left alone."""
-    own = {k: v for k, v in model.state_dict().items() if 'lora_' not in k}
+    """Copy sd into model after checking every key and shape; adapters (model.is_adapter_param) are left alone."""
+    from model import is_adapter_param  # imported here: the rest of this file needs nothing from model.py
+    own = {k: v for k, v in model.state_dict().items() if not is_adapter_param(k)}
     missing = sorted(k for k in own if k not in sd)
     unexpected = sorted(k for k in sd if k not in own)
     shapes = [f"  {k}: expected {tuple(own[k].shape)}, got {tuple(sd[k].shape)}"
