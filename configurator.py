@@ -1,16 +1,22 @@
 """
 Command-line and config-file overrides for the plain globals of train.py,
-sample.py and bench.py, nanoGPT style:
+sample.py and bench.py, nanoGPT style, and the way every script reports a
+failure: one line that starts with `error:`.
 
     python train.py config/lab_toy.py --max_iters=500 --method=causal
 
-A config file is plain Python assignments (see config/). Every key must already
-exist in the script's defaults and keep its type (an int may stand for a
-float), so a typo or a wrong type fails at start-up, not an hour into a run.
+A config file is Python, run with exec(): it can do anything a program can, so
+only pass config files you trust (those in config/ are plain assignments).
+Every key must already exist in the script's defaults and keep its type (an int
+may stand for a float), so a typo or a wrong type fails at start-up, not an
+hour into a run.
 """
 import ast
 import difflib
+import math
 import os
+import sys
+import types
 
 
 def configure(defaults, argv):
@@ -19,12 +25,17 @@ def configure(defaults, argv):
     for arg in argv:
         if not arg.startswith('--'):
             if not os.path.isfile(arg):
-                raise ValueError(f"config file {arg!r} not found (overrides are written --key=value)")
+                what = 'is a directory, not' if os.path.isdir(arg) else 'not found; expected'
+                raise ValueError(f"config file {arg!r} {what} a Python file of settings "
+                                 f"(overrides are written --key=value)")
             namespace = {}
-            with open(arg) as f:
-                exec(compile(f.read(), arg, 'exec'), namespace)
+            try:
+                with open(arg) as f:
+                    exec(compile(f.read(), arg, 'exec'), namespace)
+            except Exception as e:  # the file is Python: whatever goes wrong in it is the file's mistake
+                raise ValueError(f"config file {arg!r} failed to run: {type(e).__name__}: {e}") from None
             for key, value in namespace.items():
-                if not key.startswith('_') and not callable(value) and not hasattr(value, '__file__'):
+                if not key.startswith('_') and not callable(value) and not isinstance(value, types.ModuleType):
                     _set(config, key, value, where=arg)
         else:
             if '=' not in arg:
@@ -44,12 +55,75 @@ def _set(config, key, value, where):
         raise ValueError(f"unknown config key {key!r} (from {where})"
                          + (f"; did you mean {' or '.join(close)}?" if close else ""))
     old = config[key]
-    if old is not None and value is not None:
+    if old is not None:
         if isinstance(old, float) and type(value) is int:
             value = float(value)  # --learning_rate=1 means 1.0
-        elif isinstance(old, str) and not isinstance(value, str):
+        elif isinstance(old, str) and value is not None and not isinstance(value, str):
             value = str(value)    # --init_from=2 would parse as an int; the key holds text
-        elif type(value) is not type(old):
+        elif type(value) is not type(old):  # None included: a setting with a value needs one
             raise ValueError(f"config key {key!r} (from {where}) must be {type(old).__name__}, "
                              f"got {value!r} ({type(value).__name__})")
+        if isinstance(value, float) and not math.isfinite(value):  # 1e999 parses as inf
+            raise ValueError(f"config key {key!r} (from {where}) must be a finite number, got {value}")
     config[key] = value
+
+
+def run(main, *known):
+    """Run a script's main() for a person at a terminal. Bad input (ValueError, OSError such as a
+    missing file or no network, or one of `known`) ends with one line, `error: ...`, that says
+    what was wrong and what to do. Anything else is a bug, not a mistake of the user's: it is
+    reported on one line too, with its type, and NANOBIDIR_DEBUG=1 shows the whole traceback."""
+    debug = os.environ.get('NANOBIDIR_DEBUG', '') not in ('', '0')
+    try:
+        return main()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except (ValueError, OSError, *known) as e:
+        if debug:
+            raise
+        sys.exit(f"error: {_one_line(e)}")
+    except Exception as e:
+        if debug:
+            raise
+        sys.exit(f"error: unexpected {type(e).__name__}: {_one_line(e)} (this looks like a bug; "
+                 f"rerun with NANOBIDIR_DEBUG=1 to see where it happened)")
+
+
+def _one_line(e):
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        text = f"{e.strerror}: {e.filename}"  # 'No such file or directory: x' rather than '[Errno 2] ...'
+    else:
+        text = str(e) or type(e).__name__
+    return ' '.join(text.split())
+
+
+def check_device(name):
+    """name, if torch can use that device on this machine; else a ValueError that says what to pass."""
+    import torch  # here, so that reading settings never needs torch
+    kind, _, index = name.partition(':')
+    available = {'cpu': True, 'cuda': torch.cuda.is_available(),
+                 'mps': getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()}
+    if kind not in available or (index and (kind != 'cuda' or not index.isdigit())):
+        raise ValueError(f"device={name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if not available[kind]:
+        raise ValueError(f"device={name!r}, but this machine (or this build of torch) has no {kind} device; "
+                         f"use --device=cpu or --device=auto")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"device={name!r}, but there are only {torch.cuda.device_count()} CUDA device(s), "
+                         f"numbered from cuda:0")
+    return name
+
+
+RULES = {'at least 1': lambda v: v >= 1, 'not negative': lambda v: v >= 0, 'positive': lambda v: v > 0,
+         'in [0, 1)': lambda v: 0 <= v < 1}
+
+
+def check_ranges(config, ranges):
+    """ranges: {rule in RULES: 'key key ...'}. A ValueError names the first setting that breaks its rule."""
+    for rule, keys in ranges.items():
+        for key in keys.split():
+            if not RULES[rule](config[key]):
+                raise ValueError(f"{key}={config[key]!r}: must be {rule}")
