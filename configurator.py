@@ -68,7 +68,7 @@ def _set(config, key, value, where):
     config[key] = value
 
 
-def run(main, *known):
+def run_main(main, *known):
     """Run a script's main() for a person at a terminal. Bad input (ValueError, OSError such as a
     missing file or no network, or one of `known`) ends with one line, `error: ...`, that says
     what was wrong and what to do. Anything else is a bug, not a mistake of the user's: it is
@@ -117,7 +117,7 @@ def check_device(name):
     return name
 
 
-RULES = {'at least 1': lambda v: v >= 1, 'not negative': lambda v: v >= 0, 'positive': lambda v: v > 0,
+RULES = {'>= 1': lambda v: v >= 1, '>= 0': lambda v: v >= 0, '> 0': lambda v: v > 0,
          'in [0, 1)': lambda v: 0 <= v < 1}
 
 

@@ -16,7 +16,7 @@ import sys
 import torch
 
 from utils.checkpoint import GPT2_NAMES, model_from_checkpoint
-from configurator import check_device, check_ranges, configure, run
+from configurator import check_device, check_ranges, configure, run_main
 from data.tasks import collate_prompts, get_tokenizer
 from data.toy import toy
 
@@ -70,7 +70,7 @@ def prompts_from(c, meta):
 def main(argv=None):
     from types import SimpleNamespace
     c = SimpleNamespace(**configure(DEFAULTS, sys.argv[1:] if argv is None else argv))
-    check_ranges(vars(c), {'not negative': 'temperature top_k max_new_tokens', 'at least 1': 'num_samples'})
+    check_ranges(vars(c), {'>= 0': 'temperature top_k max_new_tokens', '>= 1': 'num_samples'})
     check_device(c.device)
     model, meta = load(c)
     model.eval()
@@ -96,4 +96,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    run(main)  # a bad setting, prompt or file: one line `error: ...` that says what to do
+    run_main(main)  # a bad setting, prompt or file: one line `error: ...` that says what to do

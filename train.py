@@ -33,7 +33,7 @@ import bitune
 
 from utils.checkpoint import (build_model, check_out_dir, model_from_checkpoint, restore_state, resume_config,
                               save_run, start_fresh, trim_log)
-from configurator import check_device, check_ranges, configure, run
+from configurator import check_device, check_ranges, configure, run_main
 from utils.evaluate import evaluate_task
 from utils.plot import plot_run
 from model import configure_optimizers, count_params
@@ -125,10 +125,10 @@ def check_config(c):
         if getattr(c, key) not in allowed:
             raise ValueError(f"{key}={getattr(c, key)!r}: choose one of {allowed}")
     check_ranges(vars(c), {
-        'at least 1': 'max_iters batch_size gradient_accumulation_steps eval_interval eval_iters eval_examples '
+        '>= 1': 'max_iters batch_size gradient_accumulation_steps eval_interval eval_iters eval_examples '
                       'n_layer n_head n_embd block_size lora_r toy_n_train toy_n_val',
-        'not negative': 'eval_max_new_tokens warmup_iters min_lr weight_decay grad_clip bai_lambda',
-        'positive': 'learning_rate adam_eps lora_alpha bitune_theta_init',
+        '>= 0': 'eval_max_new_tokens warmup_iters min_lr weight_decay grad_clip bai_lambda',
+        '> 0': 'learning_rate adam_eps lora_alpha bitune_theta_init',
         'in [0, 1)': 'dropout lora_dropout beta1 beta2'})
     if c.init_from == 'scratch' and c.n_embd % c.n_head:
         raise ValueError(f"n_embd={c.n_embd} must be a multiple of n_head={c.n_head} (each head gets n_embd/n_head)")
@@ -350,4 +350,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    run(main, StopTraining)  # bad settings, data or files: one line `error: ...` that says what to do
+    run_main(main, StopTraining)  # bad settings, data or files: one line `error: ...` that says what to do

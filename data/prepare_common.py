@@ -22,7 +22,7 @@ import urllib.request
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for configurator
-from configurator import run  # noqa: E402  (the prepare scripts report failures like every other script)
+from configurator import run_main  # noqa: E402  (the prepare scripts report failures like every other script)
 
 EOS = 50256  # GPT-2's <|endoftext|>; also used as the padding id (GPT-2 has no pad token)
 GPT2_META = {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eos': EOS, 'pad': EOS, 'bos': None, 'metric': 'rouge'}
