@@ -69,35 +69,35 @@ def _set(config, key, value, where):
 
 
 def run_main(main, *known):
-    """Run a script's main() for a person at a terminal. Bad input (ValueError, OSError such as a
-    missing file or no network, or one of `known`) ends with one line, `error: ...`, that says
-    what was wrong and what to do. Anything else is a bug, not a mistake of the user's: it is
-    reported on one line too, with its type, and NANOBIDIR_DEBUG=1 shows the whole traceback."""
-    debug = os.environ.get('NANOBIDIR_DEBUG', '') not in ('', '0')
+    """Run a script's main() for a person at a terminal: a failure prints one line, `error: ...`,
+    and exits with status 1 (130 for Ctrl-C). NANOBIDIR_DEBUG=1 shows the whole traceback instead."""
     try:
         return main()
-    except KeyboardInterrupt:
-        if debug:
+    except (KeyboardInterrupt, Exception) as e:
+        if os.environ.get('NANOBIDIR_DEBUG', '') not in ('', '0'):
             raise
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except (ValueError, OSError, *known) as e:
-        if debug:
-            raise
-        sys.exit(f"error: {_one_line(e)}")
-    except Exception as e:
-        if debug:
-            raise
-        sys.exit(f"error: unexpected {type(e).__name__}: {_one_line(e)} (this looks like a bug; "
-                 f"rerun with NANOBIDIR_DEBUG=1 to see where it happened)")
+        print(f"error: {describe(e, known)}", file=sys.stderr)
+        sys.exit(130 if isinstance(e, KeyboardInterrupt) else 1)
 
 
-def _one_line(e):
+def describe(e, known=()):
+    """One line about an exception. Bad input (ValueError, OSError such as a missing file or no
+    network, or one of `known`) carries a message that says what was wrong and what to do. Anything
+    else is a bug rather than the user's mistake: its type goes with the message."""
     if isinstance(e, OSError) and e.strerror and e.filename:
         text = f"{e.strerror}: {e.filename}"  # 'No such file or directory: x' rather than '[Errno 2] ...'
     else:
         text = str(e) or type(e).__name__
-    return ' '.join(text.split())
+    text = ' '.join(text.split())
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(e, (ValueError, OSError, *known)):
+        return text
+    if isinstance(e, MemoryError) or type(e).__name__ == 'OutOfMemoryError':  # torch's, on a GPU
+        return (f"out of memory ({text[:300]}); use a smaller batch_size (gradient_accumulation_steps keeps "
+                f"the step's size), block_size or model")
+    return (f"unexpected {type(e).__name__}: {text} (this looks like a bug; rerun with NANOBIDIR_DEBUG=1 "
+            f"to see where it happened)")
 
 
 def check_device(name):

@@ -290,21 +290,22 @@ def test_the_user_sees_one_error_line(e, argv, message):
 
 
 def test_the_handler_reports_bugs_in_one_line_and_shows_them_when_asked(monkeypatch, capsys):
-    def bug():
-        raise KeyError('surprise')
+    def fails(e):
+        def main():
+            raise e
+        with pytest.raises(SystemExit) as exit_:
+            configurator.run_main(main)
+        return exit_.value.code, capsys.readouterr().err
     monkeypatch.delenv('NANOBIDIR_DEBUG', raising=False)
-    with pytest.raises(SystemExit) as exit_:
-        configurator.run_main(bug)
-    assert exit_.value.code.startswith("error: unexpected KeyError: 'surprise'") and 'NANOBIDIR_DEBUG=1' in exit_.value.code
-    with pytest.raises(SystemExit) as exit_:  # an OS error names the file, without '[Errno 2]'
-        configurator.run_main(lambda: open('/no/such/file'))
-    assert exit_.value.code == 'error: No such file or directory: /no/such/file'
-    with pytest.raises(SystemExit) as exit_:  # a multi-line message still prints as one line
-        configurator.run_main(lambda: (_ for _ in ()).throw(ValueError('first\nsecond')))
-    assert exit_.value.code == 'error: first second'
+    code, err = fails(KeyError('surprise'))
+    assert code == 1 and err.startswith("error: unexpected KeyError: 'surprise'") and 'NANOBIDIR_DEBUG=1' in err
+    assert fails(FileNotFoundError(2, 'No such file or directory', '/x/y')) == (
+        1, 'error: No such file or directory: /x/y\n')  # the file, without '[Errno 2]'
+    assert fails(ValueError('first\nsecond')) == (1, 'error: first second\n')  # always one line
+    assert fails(KeyboardInterrupt()) == (130, 'error: interrupted\n')
     monkeypatch.setenv('NANOBIDIR_DEBUG', '1')
     with pytest.raises(KeyError):  # the traceback, for whoever debugs it
-        configurator.run_main(bug)
+        configurator.run_main(lambda: {}['surprise'])
 
 
 # -----------------------------------------------------------------------------
