@@ -34,6 +34,8 @@ DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith('_') an
 
 def load(c):
     """(model, meta) from a checkpoint or from GPT-2."""
+    if c.ckpt and c.init_from:
+        raise ValueError("give --ckpt or --init_from, not both: sample.py samples from one model")
     if c.ckpt:
         model, _, saved = model_from_checkpoint(c.ckpt, c.device)
         return model, saved['meta']

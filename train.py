@@ -150,7 +150,7 @@ def pick_device(name):
 
 def not_finite(what, it, ckpt_path, saved):
     """Stop a run whose numbers are no longer finite, saying truthfully whether a good checkpoint exists."""
-    kept = f"the last good checkpoint (iteration {saved}) is in {ckpt_path}" if saved else "no checkpoint was written"
+    kept = f"{ckpt_path} keeps the last finite model (iteration {saved})" if saved else "no checkpoint was written"
     return StopTraining(f"{what} at iteration {it}; {kept}. Try a lower learning_rate, grad_clip=1.0, "
                         f"or dtype='float32'.")
 

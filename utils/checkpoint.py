@@ -105,7 +105,9 @@ def save_checkpoint(path, ckpt):
 
 def load_checkpoint(path, device='cpu'):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}; train one first (python train.py --out_dir=...)")
+        inside = os.path.join(path, 'ckpt.pt')
+        raise FileNotFoundError(f"no checkpoint at {path}; " + (f"did you mean {inside}?" if os.path.isfile(inside)
+                                else "train one first (python train.py --out_dir=...)"))
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
