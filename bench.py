@@ -262,8 +262,8 @@ def main(argv=None):
         raise ValueError(f"model={c['model']!r}: choose 'toy' (sizes from n_layer, n_embd, ...) or 'gpt2-shape'")
     c.update(GPT2_SHAPE if c['model'] == 'gpt2-shape' else {})
     c.update(dict(warmup=1, iters=2, gen_iters=1, gen_tokens='4,8') if c['quick'] else {})
-    check_ranges(c, {'>= 1': 'n_layer n_head n_embd vocab_size block_size batch_size gen_batch_size iters '
-                                   'gen_iters', '>= 0': 'warmup threads'})
+    check_ranges(c, {'>= 1': 'n_layer n_head n_embd vocab_size block_size batch_size gen_batch_size iters gen_iters',
+                     '>= 0': 'warmup threads'})
     if not all(n.strip().isdigit() and int(n) > 0 for n in c['gen_tokens'].split(',')):
         raise ValueError(f"gen_tokens={c['gen_tokens']!r}: positive token counts separated by commas, e.g. 32,128")
     if c['n_embd'] % c['n_head']:

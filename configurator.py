@@ -81,9 +81,10 @@ def run_main(main, *known):
 
 
 def describe(e, known=()):
-    """One line about an exception. Bad input (ValueError, OSError such as a missing file or no
-    network, or one of `known`) carries a message that says what was wrong and what to do. Anything
-    else is a bug rather than the user's mistake: its type goes with the message."""
+    """One line about an exception. Bad input (a ValueError raised by this project's code, an OSError
+    such as a missing file or no network, or one of `known`) carries a message that says what was
+    wrong and what to do. Anything else is a bug rather than the user's mistake (a ValueError from
+    inside torch included): its type goes with the message."""
     if isinstance(e, OSError) and e.strerror and e.filename:
         text = f"{e.strerror}: {e.filename}"  # 'No such file or directory: x' rather than '[Errno 2] ...'
     else:
@@ -91,13 +92,22 @@ def describe(e, known=()):
     text = ' '.join(text.split())
     if isinstance(e, KeyboardInterrupt):
         return "interrupted"
-    if isinstance(e, (ValueError, OSError, *known)):
+    if isinstance(e, (OSError, *known)) or (isinstance(e, ValueError) and _raised_here(e)):
         return text
     if isinstance(e, MemoryError) or type(e).__name__ == 'OutOfMemoryError':  # torch's, on a GPU
         return (f"out of memory ({text[:300]}); use a smaller batch_size (gradient_accumulation_steps keeps "
                 f"the step's size), block_size or model")
     return (f"unexpected {type(e).__name__}: {text} (this looks like a bug; rerun with NANOBIDIR_DEBUG=1 "
             f"to see where it happened)")
+
+
+def _raised_here(e):
+    """Whether e comes from a line of this project, whose messages are written for the user."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next  # the innermost frame: where it was raised
+    where = os.path.abspath(tb.tb_frame.f_code.co_filename) if tb else __file__
+    return where.startswith(os.path.dirname(os.path.abspath(__file__)) + os.sep) and 'site-packages' not in where
 
 
 def check_device(name):

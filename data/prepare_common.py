@@ -53,8 +53,8 @@ def get_gpt2():
     try:
         return tiktoken.get_encoding('gpt2')
     except Exception as e:  # almost always: no internet and nothing in tiktoken's cache
-        raise FileNotFoundError("could not load tiktoken's 'gpt2' encoding. Offline, point TIKTOKEN_CACHE_DIR at "
-                           "a folder with its files (e.g. ../shared/data/tiktoken_cache).") from e
+        raise FileNotFoundError("could not load tiktoken's 'gpt2' encoding. Offline, point TIKTOKEN_CACHE_DIR "
+                                "at a folder with its files (e.g. ../shared/data/tiktoken_cache).") from e
 
 
 def download(url, path):

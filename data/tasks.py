@@ -55,7 +55,6 @@ def load_task(name, data_dir='data', **toy_options):
             check_examples(task[split], meta, path, redo)
     return task
 
-
 def read_json(path, redo, lines=False):
     """The JSON value in a file, or (lines=True) the list of values of a .jsonl file, one per line. A file
     that is damaged (cut short by a full disk or a killed prepare.py) fails with its name and line."""
@@ -69,7 +68,6 @@ def read_json(path, redo, lines=False):
         where = f" line {i}" if lines and isinstance(e, json.JSONDecodeError) else ""
         raise ValueError(f"{path}{where} is damaged ({type(e).__name__}: {e}); {redo}") from None
     return out if lines else (out[0] if out else None)
-
 
 def check_examples(examples, meta, path, redo):
     """Every example has a non-empty prompt and an answer ending in EOS, all ids in the vocabulary:

@@ -295,22 +295,27 @@ def test_the_user_sees_one_error_line(e, argv, message):
 
 
 def test_the_handler_reports_bugs_in_one_line_and_shows_them_when_asked(monkeypatch, capsys):
-    def fails(e):
-        def main():
-            raise e
+    def fails(main):
         with pytest.raises(SystemExit) as exit_:
             configurator.run_main(main)
         return exit_.value.code, capsys.readouterr().err
+
+    def raising(e):
+        def main():
+            raise e
+        return main
     monkeypatch.delenv('NANOBIDIR_DEBUG', raising=False)
-    code, err = fails(KeyError('surprise'))
+    code, err = fails(raising(KeyError('surprise')))
     assert code == 1 and err.startswith("error: unexpected KeyError: 'surprise'") and 'NANOBIDIR_DEBUG=1' in err
-    assert fails(FileNotFoundError(2, 'No such file or directory', '/x/y')) == (
-        1, 'error: No such file or directory: /x/y\n')  # the file, without '[Errno 2]'
-    assert fails(ValueError('first\nsecond')) == (1, 'error: first second\n')  # always one line
-    assert fails(KeyboardInterrupt()) == (130, 'error: interrupted\n')
+    assert fails(lambda: open('/no/such/file')) == (
+        1, 'error: No such file or directory: /no/such/file\n')  # the file, without '[Errno 2]'
+    assert fails(raising(ValueError('first\nsecond'))) == (1, 'error: first second\n')  # always one line
+    assert fails(raising(KeyboardInterrupt())) == (130, 'error: interrupted\n')
+    code, err = fails(lambda: torch.nn.functional.dropout(torch.ones(2), p=2.0))  # raised inside torch: a bug
+    assert code == 1 and err.startswith('error: unexpected ValueError: dropout probability') and 'NANOBIDIR' in err
     monkeypatch.setenv('NANOBIDIR_DEBUG', '1')
     with pytest.raises(KeyError):  # the traceback, for whoever debugs it
-        configurator.run_main(lambda: {}['surprise'])
+        configurator.run_main(raising(KeyError('surprise')))
 
 
 # -----------------------------------------------------------------------------
