@@ -37,7 +37,7 @@ import torch
 from bai import compute_loss
 from utils import distributed
 from utils.checkpoint import build_model
-from configurator import configure
+from configurator import check_ranges, configure, run_main
 from model import KINDS, GPT, GPTConfig, adapted_layers, add_adapters, configure_optimizers, set_adapter
 from data.tasks import collate, collate_prompts
 from train import pick_device
@@ -276,6 +276,12 @@ def main(argv=None):
         raise ValueError(f"model={c['model']!r}: choose 'toy' (sizes from n_layer, n_embd, ...) or 'gpt2-shape'")
     c.update(GPT2_SHAPE if c['model'] == 'gpt2-shape' else {})
     c.update(dict(warmup=1, iters=2, gen_iters=1, gen_tokens='4,8') if c['quick'] else {})
+    check_ranges(c, {'>= 1': 'n_layer n_head n_embd vocab_size block_size batch_size gen_batch_size iters gen_iters',
+                     '>= 0': 'warmup threads'})
+    if not all(n.strip().isdigit() and int(n) > 0 for n in c['gen_tokens'].split(',')):
+        raise ValueError(f"gen_tokens={c['gen_tokens']!r}: positive token counts separated by commas, e.g. 32,128")
+    if c['n_embd'] % c['n_head']:
+        raise ValueError(f"n_embd={c['n_embd']} must be a multiple of n_head={c['n_head']}")
     P, A = c['prompt_len'], c['answer_len']
     if P < 2 or A < 1 or P + A > c['block_size']:
         raise ValueError(f"need prompt_len >= 2 (Bitune's prefix is the prompt minus one token), answer_len >= 1 "
@@ -342,7 +348,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except ValueError as e:  # bad settings: the message says what to change
-        sys.exit(distributed.error_line(e))
+    run_main(main)  # bad settings: one line `error: ...` that says what to change

@@ -35,6 +35,27 @@ VARIANTS = {
 }
 
 
+def check_bidir_reaches_kv(variant, n_layer, targets):
+    """Refuse a model in which Pass A's keys and values are exactly those of a causal pass: Bitune
+    would then pay for two readings of the prompt and train ordinary LoRA (alpha and the 'bidir'
+    adapter would get no gradient at all).
+
+    Layer l computes its K/V with c_attn from its input, before its attention runs. So
+      - the bidirectional mask reaches a K/V only from layer 1 on, through layer 0's attention;
+      - Pass A's own adapter reaches layer l's K/V through c_attn of layer l, or through any
+        adapted module (c_attn, c_proj, c_fc) of a layer below l, which changes l's input.
+    With two or more layers every variant reaches layer 1's K/V one way or the other. With one
+    layer only an adapted c_attn counts, and only in variants whose Pass A has its own adapter.
+    (There the mask still changes nothing: the two readings differ only by their adapters.)"""
+    own_adapter = VARIANTS[variant][1] == 'bidir'
+    if n_layer >= 2 or (own_adapter and 'c_attn' in targets.split(',')):
+        return
+    raise ValueError(f"Bitune (variant '{variant}') with {n_layer} layer and lora_targets={targets!r}: the "
+                     f"bidirectional reading cannot change any key or value the answer reads (keys and values are "
+                     f"computed before attention), so this would train plain LoRA at Bitune's cost. Use n_layer >= 2"
+                     + (", or add c_attn to lora_targets" if own_adapter else ""))
+
+
 class Bitune(nn.Module):
     """Wraps a GPT. causal_adapter / bidir_adapter name its adapters (any kind, see model.add_adapters).
 

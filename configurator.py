@@ -1,16 +1,22 @@
 """
 Command-line and config-file overrides for the plain globals of train.py,
-sample.py and bench.py, nanoGPT style:
+sample.py and bench.py, nanoGPT style, and the way every script reports a
+failure: one line that starts with `error:`.
 
     python train.py config/lab_toy.py --max_iters=500 --method=causal
 
-A config file is plain Python assignments (see config/). Every key must already
-exist in the script's defaults and keep its type (an int may stand for a
-float), so a typo or a wrong type fails at start-up, not an hour into a run.
+A config file is Python, run with exec(): it can do anything a program can, so
+only pass config files you trust (those in config/ are plain assignments).
+Every key must already exist in the script's defaults and keep its type (an int
+may stand for a float), so a typo or a wrong type fails at start-up, not an
+hour into a run.
 """
 import ast
 import difflib
+import math
 import os
+import sys
+import types
 
 
 def configure(defaults, argv):
@@ -19,12 +25,17 @@ def configure(defaults, argv):
     for arg in argv:
         if not arg.startswith('--'):
             if not os.path.isfile(arg):
-                raise ValueError(f"config file {arg!r} not found (overrides are written --key=value)")
+                what = 'is a directory, not' if os.path.isdir(arg) else 'not found; expected'
+                raise ValueError(f"config file {arg!r} {what} a Python file of settings "
+                                 f"(overrides are written --key=value)")
             namespace = {}
-            with open(arg) as f:
-                exec(compile(f.read(), arg, 'exec'), namespace)
+            try:
+                with open(arg) as f:
+                    exec(compile(f.read(), arg, 'exec'), namespace)
+            except Exception as e:  # the file is Python: whatever goes wrong in it is the file's mistake
+                raise ValueError(f"config file {arg!r} failed to run: {type(e).__name__}: {e}") from None
             for key, value in namespace.items():
-                if not key.startswith('_') and not callable(value) and not hasattr(value, '__file__'):
+                if not key.startswith('_') and not callable(value) and not isinstance(value, types.ModuleType):
                     _set(config, key, value, where=arg)
         else:
             if '=' not in arg:
@@ -44,12 +55,88 @@ def _set(config, key, value, where):
         raise ValueError(f"unknown config key {key!r} (from {where})"
                          + (f"; did you mean {' or '.join(close)}?" if close else ""))
     old = config[key]
-    if old is not None and value is not None:
+    if old is not None:
         if isinstance(old, float) and type(value) is int:
             value = float(value)  # --learning_rate=1 means 1.0
-        elif isinstance(old, str) and not isinstance(value, str):
+        elif isinstance(old, str) and value is not None and not isinstance(value, str):
             value = str(value)    # --init_from=2 would parse as an int; the key holds text
-        elif type(value) is not type(old):
+        elif type(value) is not type(old):  # None included: a setting with a value needs one
             raise ValueError(f"config key {key!r} (from {where}) must be {type(old).__name__}, "
                              f"got {value!r} ({type(value).__name__})")
+        if isinstance(value, float) and not math.isfinite(value):  # 1e999 parses as inf
+            raise ValueError(f"config key {key!r} (from {where}) must be a finite number, got {value}")
     config[key] = value
+
+
+def run_main(main, *known):
+    """Run a script's main() for a person at a terminal: a failure prints one line, `error: ...`,
+    and exits with status 1 (130 for Ctrl-C). NANOBIDIR_DEBUG=1 shows the whole traceback instead."""
+    try:
+        return main()
+    except (KeyboardInterrupt, Exception) as e:
+        if os.environ.get('NANOBIDIR_DEBUG', '') not in ('', '0'):
+            raise
+        from utils.distributed import error_line  # under torchrun, only the first process to fail reports
+        line = error_line(describe(e, known))
+        if line:
+            print(line, file=sys.stderr)
+        sys.exit(130 if isinstance(e, KeyboardInterrupt) else 1)
+
+
+def describe(e, known=()):
+    """One line about an exception. Bad input (a ValueError raised by this project's code, an OSError
+    such as a missing file or no network, or one of `known`) carries a message that says what was
+    wrong and what to do. Anything else is a bug rather than the user's mistake (a ValueError from
+    inside torch included): its type goes with the message."""
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        text = f"{e.strerror}: {e.filename}"  # 'No such file or directory: x' rather than '[Errno 2] ...'
+    else:
+        text = str(e) or type(e).__name__
+    text = ' '.join(text.split())
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(e, (OSError, *known)) or (isinstance(e, ValueError) and _raised_here(e)):
+        return text
+    if isinstance(e, MemoryError) or type(e).__name__ == 'OutOfMemoryError':  # torch's, on a GPU
+        return (f"out of memory ({text[:300]}); use a smaller batch_size (gradient_accumulation_steps keeps "
+                f"the step's size), block_size or model")
+    return (f"unexpected {type(e).__name__}: {text} (this looks like a bug; rerun with NANOBIDIR_DEBUG=1 "
+            f"to see where it happened)")
+
+
+def _raised_here(e):
+    """Whether e comes from a line of this project, whose messages are written for the user."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next  # the innermost frame: where it was raised
+    where = os.path.abspath(tb.tb_frame.f_code.co_filename) if tb else __file__
+    return where.startswith(os.path.dirname(os.path.abspath(__file__)) + os.sep) and 'site-packages' not in where
+
+
+def check_device(name):
+    """name, if torch can use that device on this machine; else a ValueError that says what to pass."""
+    import torch  # here, so that reading settings never needs torch
+    kind, _, index = name.partition(':')
+    available = {'cpu': True, 'cuda': torch.cuda.is_available(),
+                 'mps': getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()}
+    if kind not in available or (index and (kind != 'cuda' or not index.isdigit())):
+        raise ValueError(f"device={name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if not available[kind]:
+        raise ValueError(f"device={name!r}, but this machine (or this build of torch) has no {kind} device; "
+                         f"use --device=cpu or --device=auto")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"device={name!r}, but there are only {torch.cuda.device_count()} CUDA device(s), "
+                         f"numbered from cuda:0")
+    return name
+
+
+RULES = {'>= 1': lambda v: v >= 1, '>= 0': lambda v: v >= 0, '> 0': lambda v: v > 0,
+         'in [0, 1)': lambda v: 0 <= v < 1}
+
+
+def check_ranges(config, ranges):
+    """ranges: {rule in RULES: 'key key ...'}. A ValueError names the first setting that breaks its rule."""
+    for rule, keys in ranges.items():
+        for key in keys.split():
+            if not RULES[rule](config[key]):
+                raise ValueError(f"{key}={config[key]!r}: must be {rule}")

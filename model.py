@@ -468,6 +468,8 @@ class GPT(nn.Module):
         here); decoding afterwards is the same for every method.
         """
         B, T = idx.size()
+        if temperature < 0 or (top_k is not None and top_k < 1):  # a negative temperature picks the least likely
+            raise ValueError(f"temperature must be >= 0 and top_k >= 1 (or None), got {temperature} and {top_k}")
         if T + max_new_tokens > self.config.block_size:
             raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds block_size "
                              f"{self.config.block_size}; shorten the prompt or ask for fewer tokens")

@@ -16,7 +16,7 @@ import sys
 import torch
 
 from utils.checkpoint import GPT2_NAMES, model_from_checkpoint
-from configurator import configure
+from configurator import check_device, check_ranges, configure, run_main
 from data.tasks import collate_prompts, get_tokenizer
 from data.toy import toy
 
@@ -25,7 +25,7 @@ init_from = ''          # ... or a GPT-2 name ('gpt2', ...) or directory, to sam
 start = "31415 R"       # the prompt(s); FILE:path reads them from a file
 num_samples = 1         # samples per prompt
 max_new_tokens = 0      # 0 = the task's longest answer (toy) / its max_answer (summaries) / 100 (GPT-2)
-temperature = 0.0       # 0 = greedy; higher = more random
+temperature = 0.0       # 0 = greedy; higher = more random (never below 0)
 top_k = 0               # keep only the k most likely tokens when sampling; 0 = all
 seed = 1337
 device = 'cpu'
@@ -34,6 +34,8 @@ DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith('_') an
 
 def load(c):
     """(model, meta) from a checkpoint or from GPT-2."""
+    if c.ckpt and c.init_from:
+        raise ValueError("give --ckpt or --init_from, not both: sample.py samples from one model")
     if c.ckpt:
         model, _, saved = model_from_checkpoint(c.ckpt, c.device)
         return model, saved['meta']
@@ -50,10 +52,16 @@ def prompts_from(c, meta):
     """A list of (text shown, prompt token ids)."""
     text = c.start
     if text.startswith('FILE:'):
+        if not os.path.isfile(text[5:]):
+            raise FileNotFoundError(f"--start={text}: no such file (FILE: reads the prompt from a text file)")
         with open(text[5:], encoding='utf-8') as f:
             text = f.read()
+    if not text.strip():
+        raise ValueError("the prompt is empty: give one with --start=... or --start=FILE:path")
     if meta['tokenizer'] == 'char':  # a toy task: "31415 R" per prompt, separated by commas or lines
         parts = [p.strip() for p in text.replace('\n', ',').split(',') if p.strip()]
+        if not parts:
+            raise ValueError(f"--start={c.start!r} holds no prompt; write e.g. --start='31415 R'")
         return [(p, toy.parse_prompt(p, meta)) for p in parts]
     tok = get_tokenizer(meta)
     if 'template' in meta:  # a summarization model: wrap the text the way its training prompts were
@@ -64,6 +72,8 @@ def prompts_from(c, meta):
 def main(argv=None):
     from types import SimpleNamespace
     c = SimpleNamespace(**configure(DEFAULTS, sys.argv[1:] if argv is None else argv))
+    check_ranges(vars(c), {'>= 0': 'temperature top_k max_new_tokens', '>= 1': 'num_samples'})
+    check_device(c.device)
     model, meta = load(c)
     model.eval()
     prompts = prompts_from(c, meta)
@@ -88,7 +98,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main)  # a bad setting, prompt or file: one line `error: ...` that says what to do

@@ -14,6 +14,7 @@ Train a model on prompt -> answer examples, with one of three methods:
     python train.py config/dialogsum_gpt2.py --peft=dora --out_dir=out-dora-{method}   # adapter kind: lora|dora|ia3
     python train.py --init_from=resume --out_dir=out  # continue a killed run exactly
     torchrun --standalone --nproc_per_node=4 train.py # the same run on 4 GPUs (utils/distributed.py)
+    python train.py --overwrite=True                  # start over in an out_dir that already holds a run
 
 Every setting is a plain global below; `--key=value` or a config file overrides
 it (configurator.py checks names and types).
@@ -30,10 +31,12 @@ import torch
 from tqdm import tqdm
 
 import bai
+import bitune
 
 from utils import distributed
-from utils.checkpoint import build_model, model_from_checkpoint, restore_state, resume_config, save_run
-from configurator import configure
+from utils.checkpoint import (build_model, check_out_dir, model_from_checkpoint, restore_state, resume_config,
+                              save_run, start_fresh, trim_log)
+from configurator import check_device, check_ranges, configure, run_main
 from utils.evaluate import evaluate_task
 from utils.plot import plot_run
 from model import KINDS, configure_optimizers, count_params
@@ -47,6 +50,7 @@ eval_iters = 10          # val batches averaged for the val loss
 eval_examples = 200      # val examples scored by generation (exact match / ROUGE)
 eval_max_new_tokens = 0  # tokens generated per example at evaluation; 0 = the longest val answer
 init_from = 'scratch'    # 'scratch' | 'resume' | 'gpt2'... | a GPT-2 directory | a base checkpoint .pt
+overwrite = False        # a fresh run in an out_dir that holds a run: False refuses, True deletes its log and ckpt
 # data
 dataset = 'toy'          # 'toy' (generated) or a folder under data/ written by its prepare.py
 data_dir = 'data'
@@ -126,19 +130,35 @@ def check_config(c):
     if c.peft == 'ia3' and c.lora_targets != DEFAULTS['lora_targets']:
         raise ValueError("lora_targets does not apply to peft='ia3': IA3 always scales the keys, values and "
                          "MLP activation of every block. Leave lora_targets at its default.")
-    for key in ('max_iters', 'batch_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters'):
-        if getattr(c, key) < 1:
-            raise ValueError(f"{key} must be at least 1, got {getattr(c, key)}")
+    check_ranges(vars(c), {
+        '>= 1': 'max_iters batch_size gradient_accumulation_steps eval_interval eval_iters eval_examples '
+                      'n_layer n_head n_embd block_size lora_r toy_n_train toy_n_val',
+        '>= 0': 'eval_max_new_tokens warmup_iters min_lr weight_decay grad_clip bai_lambda',
+        '> 0': 'learning_rate adam_eps lora_alpha bitune_theta_init',
+        'in [0, 1)': 'dropout lora_dropout beta1 beta2'})
+    if c.init_from == 'scratch' and c.n_embd % c.n_head:
+        raise ValueError(f"n_embd={c.n_embd} must be a multiple of n_head={c.n_head} (each head gets n_embd/n_head)")
+    if c.peft != 'ia3' and not set(c.lora_targets.split(',')) <= {'c_attn', 'c_proj', 'c_fc'}:
+        raise ValueError(f"lora_targets={c.lora_targets!r}: a comma-separated subset of c_attn,c_proj,c_fc")
+    if not c.out_dir:
+        raise ValueError("out_dir is empty; name a folder for the run")
 
 
 def pick_device(name):
     if name != 'auto':
-        return name
+        return check_device(name)
     if torch.cuda.is_available():
         return 'cuda'
     if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
         return 'mps'
     return 'cpu'
+
+
+def not_finite(what, it, ckpt_path, saved):
+    """Stop a run whose numbers are no longer finite, saying truthfully whether a good checkpoint exists."""
+    kept = f"{ckpt_path} keeps the last finite model (iteration {saved})" if saved else "no checkpoint was written"
+    return StopTraining(f"{what} at iteration {it}; {kept}. Try a lower learning_rate, grad_clip=1.0, "
+                        f"or dtype='float32'.")
 
 
 def lr_at(it, c):
@@ -227,6 +247,7 @@ def main(argv=None):
     # ---- settings and device
     c = SimpleNamespace(**configure(DEFAULTS, sys.argv[1:] if argv is None else argv))
     check_config(c)
+    check_out_dir(c.out_dir, c.init_from, c.overwrite)  # before any process of a torchrun run writes there
     rank, world, dev = distributed.setup(pick_device(c.device))  # (0, 1, device) without torchrun
     if c.batch_size < world:  # each process takes a slice of every micro-batch (they may differ by one)
         raise ValueError(f"batch_size={c.batch_size} leaves some of the {world} processes without examples")
@@ -238,7 +259,6 @@ def main(argv=None):
     # autocast runs matmuls in bf16/fp16 while the weights and the optimizer stay in float32
     ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))  # fp16 needs loss scaling; bf16 does not
-    os.makedirs(c.out_dir, exist_ok=True)
     ckpt_path, log_path = os.path.join(c.out_dir, 'ckpt.pt'), os.path.join(c.out_dir, 'log.jsonl')
 
     # ---- data and model: new, or exactly where a killed run stopped
@@ -248,11 +268,13 @@ def main(argv=None):
     ckpt = None
     if c.init_from == 'resume':
         model, gpt, ckpt = model_from_checkpoint(ckpt_path, 'cpu')
-        run_cfg = resume_config(ckpt['config'], vars(c))
+        run_cfg = resume_config(ckpt, vars(c), meta)
     else:
         model, gpt = build_model(vars(c), meta)
         run_cfg = dict(vars(c))
     check_fits(task, gpt.config.block_size)
+    if c.method.startswith('bitune'):
+        bitune.check_bidir_reaches_kv(run_cfg['bitune_variant'], gpt.config.n_layer, run_cfg['lora_targets'])
     model.to(dev)
     trainable, total = count_params(model)
     print(f"method {c.method} ({c.bitune_variant if c.method.startswith('bitune') else ''}), peft {c.peft}, "
@@ -260,12 +282,13 @@ def main(argv=None):
     optimizer = configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device_type,
                                      eps=c.adam_eps)
     data_rng = torch.Generator().manual_seed(c.seed)  # batches come from here, so evaluation never shifts them
-    iter_num = 0
+    iter_num, saved = 0, None  # saved: the iteration of the last checkpoint on disk
     if ckpt is not None:
-        iter_num = restore_state(ckpt, optimizer, data_rng)
+        iter_num = saved = restore_state(ckpt, optimizer, data_rng)
+        trim_log(log_path, iter_num)  # rows logged after this checkpoint will be logged again
         print(f"resumed from {ckpt_path} at iteration {iter_num}")
-    elif rank == 0 and os.path.exists(log_path):
-        os.remove(log_path)  # a fresh run starts a fresh log
+    elif c.overwrite and rank == 0:
+        start_fresh(c.out_dir)  # check_out_dir refused an old run here unless overwrite=True
     if rank > 0:  # its own dropout masks; they are not saved, so a resumed run derives them from the iteration
         torch.manual_seed(c.seed + rank + world * iter_num)
     fwd_model = torch.compile(model) if c.compile else model  # keep `model` uncompiled for saving (no _orig_mod.)
@@ -312,8 +335,7 @@ def main(argv=None):
         tokens_seen += step_tokens
         if not math.isfinite(step_loss):
             bar.close()
-            raise StopTraining(f"loss became {step_loss} at iteration {it}; the last good checkpoint is kept in "
-                               f"{ckpt_path}. Try a lower learning_rate, grad_clip=1.0, or dtype='float32'.")
+            raise not_finite(f"the loss became {step_loss}", it, ckpt_path, saved)
         if c.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
@@ -327,9 +349,15 @@ def main(argv=None):
         done = it + 1
         if done % c.eval_interval == 0 or done == c.max_iters:
             if rank == 0:
-                log_evaluation(log_path, model, c, evaluate(fwd_model, gpt, task, c, dev, ctx, bai_weight), done,
-                               lr, bai_weight, recent, tokens_seen / max(train_time, 1e-9), time.time() - t_start)
+                evaluation = evaluate(fwd_model, gpt, task, c, dev, ctx, bai_weight)
+                log_evaluation(log_path, model, c, evaluation, done, lr, bai_weight, recent,
+                               tokens_seen / max(train_time, 1e-9), time.time() - t_start)
+                if not (math.isfinite(evaluation[0]) and all(p.isfinite().all() for p in model.parameters())):
+                    bar.close()  # a checkpoint is only ever written of a finite model
+                    raise not_finite(f"the val loss ({evaluation[0]}) or the weights are no longer finite", done,
+                                     ckpt_path, saved)
                 save_run(ckpt_path, model, gpt, optimizer, done, run_cfg, meta, data_rng)
+            saved = done
             distributed.barrier()  # the other processes wait while rank 0 evaluates and saves
     bar.close()
     distributed.teardown()
@@ -348,12 +376,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (ValueError, FileNotFoundError, StopTraining) as e:  # configuration and data problems: the message says it all
-        sys.exit(distributed.error_line(e))
-    except Exception as e:
-        if not distributed.launched():
-            raise  # one process: the traceback says where
-        # under torchrun, one line from the first process to fail instead of a traceback from every one
-        sys.exit(distributed.error_line(f"{type(e).__name__}: {e}"))
+    run_main(main, StopTraining)  # bad settings, data or files: one line `error: ...` that says what to do

@@ -15,17 +15,26 @@ Fitting into --block_size tokens:
 import argparse
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 
 from tqdm import tqdm
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for configurator
+from configurator import run_main  # noqa: E402  (the prepare scripts report failures like every other script)
+
 EOS = 50256  # GPT-2's <|endoftext|>; also used as the padding id (GPT-2 has no pad token)
 GPT2_META = {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eos': EOS, 'pad': EOS, 'bos': None, 'metric': 'rouge'}
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line `error: ...` like every other failure, not a usage block
+        raise ValueError(f"{message} (see --help)")
+
+
 def parse_args(doc, argv=None):
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--src', help="folder that already holds the raw files (no download)")
     p.add_argument('--out_dir', help="where to write meta.json and the .jsonl files (default: this script's folder)")
     p.add_argument('--block_size', type=int, default=1024, help="model context length in tokens")
@@ -34,6 +43,8 @@ def parse_args(doc, argv=None):
     args = p.parse_args(argv)
     if args.max_answer < 2 or args.block_size <= args.max_answer:
         p.error(f"need 2 <= --max_answer < --block_size, got {args.max_answer} and {args.block_size}")
+    if args.limit is not None and args.limit < 1:
+        p.error(f"--limit must be at least 1 (records per split), got {args.limit}")
     return args
 
 
@@ -42,8 +53,8 @@ def get_gpt2():
     try:
         return tiktoken.get_encoding('gpt2')
     except Exception as e:  # almost always: no internet and nothing in tiktoken's cache
-        raise RuntimeError("could not load tiktoken's 'gpt2' encoding. Offline, point TIKTOKEN_CACHE_DIR at "
-                           "a folder with its files (e.g. ../shared/data/tiktoken_cache).") from e
+        raise FileNotFoundError("could not load tiktoken's 'gpt2' encoding. Offline, point TIKTOKEN_CACHE_DIR "
+                                "at a folder with its files (e.g. ../shared/data/tiktoken_cache).") from e
 
 
 def download(url, path):
@@ -78,8 +89,15 @@ def fetch(urls, src, raw_dir):
 
 
 def read_jsonl(path, limit=None):
+    records = []
     with open(path, encoding='utf-8') as f:
-        records = [json.loads(line) for line in f if line.strip()]
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path} line {i} is not valid JSON ({e}); the file is damaged "
+                                     f"(cut short?): delete it and download it again") from None
     return records[:limit]
 
 
@@ -148,8 +166,17 @@ def prepare(name, doc, urls, template, load_records, argv=None):
     enc = get_gpt2()
     os.makedirs(out_dir, exist_ok=True)
     stats = {}
-    for split, records in load_records(paths, args.limit).items():
+    try:
+        splits = load_records(paths, args.limit)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"the raw files in {os.path.dirname(next(iter(paths.values())))} are not {name}'s "
+                         f"records (a record lacks {e}); pass the folder with the original files") from None
+    for split, records in splits.items():
         examples, c = build_split(records, split, enc, template, args.block_size, args.max_answer)
+        if not examples:
+            raise ValueError(f"{split}: the raw file has no records" if not c['records'] else
+                             f"{split}: none of the {c['records']} records fits in --block_size "
+                             f"{args.block_size} tokens; raise it")
         with open(os.path.join(out_dir, f'{split}.jsonl'), 'w') as f:
             f.writelines(json.dumps(ex) + '\n' for ex in examples)
         stats[split] = c

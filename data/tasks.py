@@ -43,17 +43,47 @@ def load_task(name, data_dir='data', **toy_options):
         raise FileNotFoundError(f"dataset '{name}' is not prepared: missing {', '.join(missing)}. "
                                 f"Run `python data/{name}/prepare.py --out_dir {folder}` first "
                                 f"(or pass the right data_dir).")
-    with open(needed[0]) as f:
-        meta = json.load(f)
-    lost = [k for k in META_KEYS if k not in meta]
+    redo = f"re-run data/{name}/prepare.py"
+    meta = read_json(needed[0], redo)
+    lost = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
     if lost:
-        raise ValueError(f"{needed[0]} lacks {lost}: re-run data/{name}/prepare.py")
+        raise ValueError(f"{needed[0]} lacks {lost}: {redo}")
     task = {'meta': meta}
     for split, path in files.items():
         if os.path.exists(path):  # 'test' is optional
-            with open(path) as f:
-                task[split] = [json.loads(line) for line in f if line.strip()]
+            task[split] = read_json(path, redo, lines=True)
+            check_examples(task[split], meta, path, redo)
     return task
+
+def read_json(path, redo, lines=False):
+    """The JSON value in a file, or (lines=True) the list of values of a .jsonl file, one per line. A file
+    that is damaged (cut short by a full disk or a killed prepare.py) fails with its name and line."""
+    out = []
+    try:
+        with open(path, encoding='utf-8') as f:
+            for i, text in enumerate(f if lines else [f.read()], 1):
+                if text.strip():
+                    out.append(json.loads(text))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" line {i}" if lines and isinstance(e, json.JSONDecodeError) else ""
+        raise ValueError(f"{path}{where} is damaged ({type(e).__name__}: {e}); {redo}") from None
+    return out if lines else (out[0] if out else None)
+
+def check_examples(examples, meta, path, redo):
+    """Every example has a non-empty prompt and an answer ending in EOS, all ids in the vocabulary:
+    an id past it would fail deep inside the model (or, on a GPU, as an unreadable device error)."""
+    if not examples and not path.endswith('test.jsonl'):
+        raise ValueError(f"{path} holds no examples: {redo}")
+    V = meta['vocab_size']
+    for i, ex in enumerate(examples, 1):
+        try:
+            ok = all(isinstance(ex[k], list) and ex[k] and all(type(t) is int and 0 <= t < V for t in ex[k])
+                     for k in ('prompt', 'answer')) and ex['answer'][-1] == meta['eos']
+        except (KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{path}, example {i}: an example is {{'prompt': [ids], 'answer': [ids ending in "
+                             f"{meta['eos']} (EOS)]}} with ids in 0..{V - 1}; {redo}")
 
 class CharTokenizer:
     """One token per character, the table taken from meta['itos']."""

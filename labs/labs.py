@@ -141,8 +141,9 @@ def launch(run, threads):
         json.dump(run['argv'], f)  # one line: finished() compares it with the command
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
     with open(os.path.join(run['out_dir'], 'train.txt'), 'w') as log:
-        rc = subprocess.run([sys.executable, 'train.py', *run['argv']], stdout=log, stderr=subprocess.STDOUT,
-                            env=env, cwd=ROOT).returncode
+        # a run that did not finish with this command starts over in its folder: overwrite=True
+        rc = subprocess.run([sys.executable, 'train.py', *run['argv'], '--overwrite=True'], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
     return rc, time.time() - t0
 
 

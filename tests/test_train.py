@@ -91,7 +91,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path,
         loss = real_ce(*a, **k)
         return loss * float('nan') if calls['n'] > 20 else loss
     monkeypatch.setattr(torch.nn.functional, 'cross_entropy', ce_turns_nan)
-    with pytest.raises(train.StopTraining, match='last good checkpoint'):
+    with pytest.raises(train.StopTraining, match='keeps the last finite model'):
         run(tmp_path, '--method=causal', '--max_iters=40', '--eval_interval=5')
     ckpt = torch.load(str(tmp_path / 'out' / 'ckpt.pt'), weights_only=True)
     assert ckpt['iter_num'] in (5, 10, 15)

@@ -9,7 +9,14 @@ torch.load(weights_only=True): no pickled classes, nothing that runs code.
 When the base is frozen (peft 'lora', 'dora' or 'ia3' on a pretrained or saved
 base) only the adapters and Bitune's mixing scalars are stored, and the base is
 rebuilt from `init_from`: a GPT-2 adapter checkpoint is a few MB instead of 500.
+It also stores a fingerprint of that base, so adapters are never put on a base
+they were not trained with.
+
+A run's folder (out_dir) holds ckpt.pt and log.jsonl, one row per evaluation;
+the helpers at the end keep the two consistent when a run is resumed.
 """
+import hashlib
+import json
 import os
 
 import torch
@@ -36,7 +43,15 @@ def base_model(cfg, meta, device='cpu'):
                          n_head=cfg['n_head'], n_embd=cfg['n_embd'], dropout=cfg['dropout'], bias=cfg['bias'])
         return GPT(conf)
     if src in GPT2_NAMES or os.path.isdir(src):
-        return GPT.from_pretrained(src, dropout=cfg['dropout'])
+        if meta.get('tokenizer') != 'gpt2':  # GPT-2's embedding rows are BPE tokens: another vocabulary reads garbage
+            raise ValueError(f"init_from={src!r} is a GPT-2 model, which reads GPT-2's BPE tokens, but dataset "
+                             f"'{meta['name']}' uses the {meta.get('tokenizer')!r} tokenizer; train from scratch, "
+                             f"or use a dataset prepared with the GPT-2 tokenizer")
+        gpt = GPT.from_pretrained(src, dropout=cfg['dropout'])
+        if gpt.config.vocab_size < meta['vocab_size']:
+            raise ValueError(f"init_from={src!r} has {gpt.config.vocab_size} token embeddings but dataset "
+                             f"'{meta['name']}' has {meta['vocab_size']} tokens")
+        return gpt
     if src.endswith('.pt'):  # a base trained by an earlier run (e.g. pretrained on one toy operation)
         ckpt = load_checkpoint(src, device)
         if ckpt['adapter_only']:
@@ -91,11 +106,29 @@ def save_checkpoint(path, ckpt):
 
 def load_checkpoint(path, device='cpu'):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}; train one first (python train.py --out_dir=...)")
+        inside = os.path.join(path, 'ckpt.pt')
+        raise FileNotFoundError(f"no checkpoint at {path}; " + (f"did you mean {inside}?" if os.path.isfile(inside)
+                                else "train one first (python train.py --out_dir=...)"))
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not a nanoBidir checkpoint ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{path} is not a nanoBidir checkpoint, or it is damaged ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or not {'model', 'adapter_only', 'config', 'model_args', 'meta'} <= set(ckpt):
+        raise ValueError(f"{path} is a torch file but not a checkpoint written by train.py (it lacks the model's "
+                         f"settings); pass the ckpt.pt of a run")
+    return ckpt
+
+
+def base_fingerprint(model, adapter_keys):
+    """A short hash of the frozen base: the state dict without adapter_keys, every tensor sampled at
+    about 1000 evenly spaced values. Cheap even for GPT-2, and two different bases of the same shape
+    (another seed, another fine-tune) differ in the sampled values."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        if k not in adapter_keys:
+            flat = v.detach().reshape(-1)
+            h.update(k.encode() + flat[::max(1, flat.numel() // 1000)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def model_from_checkpoint(path, device='cpu'):
@@ -103,12 +136,19 @@ def model_from_checkpoint(path, device='cpu'):
     ckpt = load_checkpoint(path, device)
     cfg = dict(ckpt['config'])
     if ckpt['adapter_only']:
+        base = cfg['init_from']
+        if base.endswith('.pt') and not os.path.isfile(base):
+            raise FileNotFoundError(f"{path} holds adapters for the base {base}, which is not there any more; "
+                                    f"put that checkpoint back where it was")
         model, gpt = build_model(cfg, ckpt['meta'], device)
         missing, unexpected = model.load_state_dict(ckpt['model'], strict=False)
         lost = [k for k in missing if is_adapter_param(k)]
         if lost or unexpected:
             raise ValueError(f"{path} does not fit the model its config describes: missing {lost[:4]}, "
                              f"unexpected {unexpected[:4]}")
+        if 'base_fingerprint' in ckpt and ckpt['base_fingerprint'] != base_fingerprint(model, ckpt['model']):
+            raise ValueError(f"{path} holds adapters trained on another base than the one {base} holds now "
+                             f"(same shapes, other weights); use the base the adapters were trained on")
     else:
         cfg['init_from'] = 'scratch'  # the checkpoint holds every weight: build the shape, then load
         for k in ('block_size', 'n_layer', 'n_head', 'n_embd', 'bias'):
@@ -123,20 +163,30 @@ def save_run(path, model, gpt, optimizer, iter_num, run_cfg, meta, data_rng):
     rng = {'data': data_rng.get_state(), 'torch': torch.get_rng_state()}
     if torch.cuda.is_available():
         rng['cuda'] = torch.cuda.get_rng_state()
+    sd = state_to_save(model, run_cfg)
+    extra = {'base_fingerprint': base_fingerprint(model, sd)} if is_adapter_only(run_cfg) else {}
     save_checkpoint(path, {
-        'model': state_to_save(model, run_cfg), 'adapter_only': is_adapter_only(run_cfg),
+        'model': sd, 'adapter_only': is_adapter_only(run_cfg), **extra,
         'optimizer': optimizer.state_dict(), 'iter_num': iter_num,
         'config': run_cfg, 'model_args': vars(gpt.config), 'meta': meta, 'rng': rng})
 
 
-def resume_config(saved, cfg):
+# settings a resumed run may change: they cannot change its numbers (out_dir and data_dir are places:
+# a run or its data moved to another folder still resumes; the data itself is compared through its meta)
+FREE_ON_RESUME = ('init_from', 'max_iters', 'eval_interval', 'device', 'compile', 'out_dir', 'data_dir', 'overwrite')
+
+
+def resume_config(ckpt, cfg, meta):
     """The saved run's settings; only those that cannot change the result may differ now."""
-    changed = {k: (saved[k], cfg[k]) for k in saved
-               if k not in ('init_from', 'max_iters', 'eval_interval', 'device', 'compile') and saved[k] != cfg[k]}
+    saved = ckpt['config']
+    changed = {k: (saved[k], cfg.get(k)) for k in saved if k not in FREE_ON_RESUME and saved[k] != cfg.get(k)}
     if changed:
         raise ValueError(f"resume: these settings differ from the saved run {changed}; pass the same "
-                         f"config (only max_iters, eval_interval, device and compile may change)")
-    return {**saved, 'max_iters': cfg['max_iters'], 'eval_interval': cfg['eval_interval']}
+                         f"config (only {', '.join(FREE_ON_RESUME[1:])} may change)")
+    if ckpt['meta'] != meta:
+        raise ValueError(f"resume: dataset '{meta['name']}' is not the one the run was trained on (its meta.json "
+                         f"differs); point data_dir at the same prepared data")
+    return {**saved, **{k: cfg[k] for k in FREE_ON_RESUME[1:] if k in cfg}}
 
 
 def restore_state(ckpt, optimizer, data_rng):
@@ -147,3 +197,58 @@ def restore_state(ckpt, optimizer, data_rng):
     if torch.cuda.is_available() and 'cuda' in ckpt['rng']:
         torch.cuda.set_rng_state(ckpt['rng']['cuda'])
     return ckpt['iter_num']
+
+
+# -----------------------------------------------------------------------------
+# the run's folder
+
+RUN_FILES = ('log.jsonl', 'ckpt.pt')
+
+
+def check_out_dir(out_dir, init_from, overwrite):
+    """Make out_dir, or say why it cannot be. A fresh run never replaces an earlier run's files
+    unless asked to (overwrite=True; start_fresh() then deletes them)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir={out_dir!r} is a file; choose a folder")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"out_dir={out_dir!r} cannot be created ({e.strerror}); choose another folder") from None
+    if not os.access(out_dir, os.W_OK):
+        raise ValueError(f"out_dir={out_dir!r} is not writable; choose another folder")
+    if init_from.endswith('.pt') and os.path.abspath(init_from) == os.path.abspath(os.path.join(out_dir, 'ckpt.pt')):
+        raise ValueError(f"init_from={init_from!r} is this run's own checkpoint, which it would overwrite; "
+                         f"to continue that run use --init_from=resume, else choose another out_dir")
+    old = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
+    if old and init_from != 'resume' and not overwrite:
+        raise ValueError(f"out_dir={out_dir!r} already holds a run ({', '.join(old)}). Continue it with "
+                         f"--init_from=resume, start it over with --overwrite=True (deletes its log and checkpoint), "
+                         f"or choose another out_dir")
+
+
+def start_fresh(out_dir):
+    """Delete an earlier run's log and checkpoint (only called with overwrite=True)."""
+    for f in RUN_FILES:
+        if os.path.exists(os.path.join(out_dir, f)):
+            os.remove(os.path.join(out_dir, f))
+
+
+def trim_log(path, iter_num):
+    """Keep the log rows up to the checkpoint's iteration. A run killed after writing a row but before
+    (or while) writing its checkpoint left rows the resumed run will write again; a kill in the middle
+    of a row leaves half a line."""
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a half-written last row
+            if row['iter'] > iter_num:
+                break
+            keep.append(line if line.endswith('\n') else line + '\n')
+    with open(path + '.tmp', 'w') as f:
+        f.writelines(keep)
+    os.replace(path + '.tmp', path)

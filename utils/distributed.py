@@ -113,7 +113,7 @@ def barrier():
 
 
 def error_line(text):
-    """What sys.exit() gets when a run fails: 'error: text', or 1 (exit quietly).
+    """The line to print when a run fails: 'error: text', or None (exit quietly).
 
     Under torchrun only the first process to fail reports. When one process dies, the others
     fail too (their next collective finds it gone) or torchrun stops them, and their errors
@@ -127,4 +127,4 @@ def error_line(text):
         first = store.add(f"failures/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", 1) == 1
     except Exception:
         first = True
-    return f"error: rank {os.environ['RANK']}: {text}" if first else 1
+    return f"error: rank {os.environ['RANK']}: {text}" if first else None

@@ -48,9 +48,13 @@ def read_safetensors(path):
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{bad}: header is not JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"{bad}: its header is not a JSON object")
         header.pop('__metadata__', None)  # free-form strings, nothing we need
         out = {}
         for name, info in header.items():
+            if not _is_entry(info):
+                raise ValueError(f"{bad}: tensor {name!r} needs dtype, shape and data_offsets, got {info!r:.200}")
             if info['dtype'] not in DTYPES:
                 raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}, supported: {sorted(DTYPES)}")
             dtype, shape = DTYPES[info['dtype']], info['shape']
@@ -65,6 +69,15 @@ def read_safetensors(path):
             f.readinto(buf)
             out[name] = torch.frombuffer(buf, dtype=dtype).reshape(shape) if numel else torch.empty(shape, dtype=dtype)
     return out
+
+
+def _is_entry(info):
+    """A header entry as the format defines it: {'dtype': str, 'shape': [ints >= 0], 'data_offsets': [start, end]}."""
+    if not isinstance(info, dict) or not {'dtype', 'shape', 'data_offsets'} <= set(info):
+        return False
+    shape, offsets = info['shape'], info['data_offsets']
+    naturals = lambda xs: isinstance(xs, list) and all(type(x) is int and x >= 0 for x in xs)  # noqa: E731
+    return isinstance(info['dtype'], str) and naturals(shape) and naturals(offsets) and len(offsets) == 2
 
 
 # -----------------------------------------------------------------------------
@@ -118,12 +131,14 @@ def load_gpt2(name_or_dir, cache_dir=None):
     for file in FILES:
         if not os.path.isfile(os.path.join(d, file)):
             raise FileNotFoundError(f"{os.path.join(d, file)} not found; a GPT-2 directory needs {need}")
-    with open(os.path.join(d, 'config.json')) as f:
-        hf = json.load(f)
     try:
+        with open(os.path.join(d, 'config.json')) as f:
+            hf = json.load(f)
         cfg = dict(n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'], vocab_size=hf['vocab_size'],
                    block_size=hf['n_positions'], bias=True, dropout=0.0)
-    except KeyError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{d}/config.json is not valid JSON ({e}); download it again") from None
+    except (KeyError, TypeError) as e:
         raise ValueError(f"{d}/config.json lacks {e}; is it a GPT-2 config?") from None
     sd = {}
     for k, v in read_safetensors(os.path.join(d, 'model.safetensors')).items():
@@ -146,14 +161,14 @@ def load_into(model, sd):
     own = {k: v for k, v in model.state_dict().items() if not is_adapter_param(k)}
     missing = sorted(k for k in own if k not in sd)
     unexpected = sorted(k for k in sd if k not in own)
-    shapes = [f"  {k}: expected {tuple(own[k].shape)}, got {tuple(sd[k].shape)}"
+    shapes = [f"{k}: expected {tuple(own[k].shape)}, got {tuple(sd[k].shape)}"
               for k in sorted(own) if k in sd and own[k].shape != sd[k].shape]
     if missing or unexpected or shapes:
-        msg = ["checkpoint does not match the model:"]
-        msg += [f"missing keys: {missing}"] if missing else []
-        msg += [f"unexpected keys: {unexpected}"] if unexpected else []
-        msg += ["shape mismatches:"] + shapes if shapes else []
-        raise ValueError('\n'.join(msg))
+        few = lambda items: f"{items[:5]}" + (f" and {len(items) - 5} more" if len(items) > 5 else "")  # noqa: E731
+        msg = [f"missing keys: {few(missing)}"] if missing else []
+        msg += [f"unexpected keys: {few(unexpected)}"] if unexpected else []
+        msg += [f"shape mismatches: {', '.join(shapes[:5])}"] if shapes else []
+        raise ValueError(f"checkpoint does not match the model: {'; '.join(msg)}")
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(sd[k])  # state_dict() tensors share storage with the parameters; copy_ also casts f16/bf16 -> f32

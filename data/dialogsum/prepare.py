@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for data/prepare_common.py
-from prepare_common import prepare, read_jsonl
+from prepare_common import prepare, read_jsonl, run_main
 
 # pinned commit, so everyone gets the same dev/test files
 URL = 'https://raw.githubusercontent.com/cylnlp/dialogsum/514112e9668ef16bc6997545f59c7b86e9ef5994/DialogSum_Data/'
@@ -36,7 +36,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)  # a failure prints one line, `error: ...`
 
 # python data/dialogsum/prepare.py --src ../shared/data/dialogsum prints (today's upstream train file
 # differs from that copy in some quote characters, so a download may drop one or two more or fewer):

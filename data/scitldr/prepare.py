@@ -18,7 +18,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for data/prepare_common.py
-from prepare_common import prepare, read_jsonl
+from prepare_common import prepare, read_jsonl, run_main
 
 URL = 'https://raw.githubusercontent.com/allenai/scitldr/master/SciTLDR-Data/SciTLDR-A/'
 URLS = {f'{s}.jsonl': URL + f'{s}.jsonl' for s in ('train', 'dev', 'test')}
@@ -38,7 +38,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)  # a failure prints one line, `error: ...`
 
 # python data/scitldr/prepare.py --src ../shared/data/scitldr prints:
 # train: 1992 records -> 1992 examples; 0 dropped (prompt + answer > 1024 tokens)
