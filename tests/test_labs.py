@@ -92,8 +92,9 @@ def test_quick_plans_a_small_grid(tmp_path, monkeypatch):
     opts, rest = labs.parse_args(['--lab=bitune_ablations', '--quick'])
     runs = labs.plan(opts, rest)
     assert opts['seeds'] == [1, 2, 3] and opts['out_dir'].endswith(os.path.join('runs', 'bitune_ablations_quick'))
-    assert len(runs) == 3 * 8
-    assert all(r['cfg']['n_layer'] == 2 and r['cfg']['n_embd'] == 64 and r['cfg']['max_iters'] <= 400 for r in runs)
+    assert len(runs) == 3 * 8 and opts['target'] == 50
+    assert all(r['cfg']['n_layer'] == 2 and r['cfg']['n_embd'] == 64 and r['cfg']['toy_max_len'] == 8 and
+               r['cfg']['max_iters'] <= 2 * int(labs.QUICK['max_iters']) for r in runs)
     assert max(r['cfg']['max_iters'] for r in runs) > int(labs.QUICK['max_iters'])  # equal compute holds here too
     # your own settings still win
     opts, rest = labs.parse_args(['--lab=methods', '--quick', '--seeds=4,5', '--n_layer=1', '--max_iters=50'])
