@@ -304,9 +304,9 @@ def aggregate(runs, opts):
             if name != opts['baseline'] and view in base['views']:
                 by_seed = {run['seed']: run[metric] for run in v['runs']}
                 v['vs_baseline'] = stats.paired(by_seed, {run['seed']: run[metric] for run in base['views'][view]['runs']})
-    lab_runs = [r for r in runs if r['arm'] != 'base']
-    costliest = max(lab_runs, key=lambda r: r['tokens_per_step'])
-    steps = costliest['cfg']['max_iters'] if 'steps' in costliest['views'] else None
+    # the costliest arm's runs serve both views: their length is max_iters, their compute the budget
+    costliest = max((r for r in runs if r['arm'] != 'base'), key=lambda r: r['tokens_per_step'])
+    steps = costliest['cfg']['max_iters']
     return {'lab': opts['lab'], 'metric': metric, 'baseline': opts['baseline'], 'target': opts['target'],
             'seeds': opts['seeds'], 'max_iters': steps,
             'budget': {'arm': costliest['arm'], 'token_forwards': steps * costliest['tokens_per_step']},
