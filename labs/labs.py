@@ -98,7 +98,8 @@ def parse_args(argv):
         if arg.startswith('--') and key in opts:
             opts[key] = value if eq else 'True'  # a bare flag: --quick
         elif key in ('seed', 'eval_interval'):
-            raise ValueError(f"{arg}: labs.py sets each run's {key}; use --seeds=1,2,3 or --evals=N")
+            instead = '--seeds=1,2,3' if key == 'seed' else '--evals=N (evaluations per run)'
+            raise ValueError(f"{arg}: labs.py sets each run's {key}; use {instead}")
         else:
             passthrough.append(arg)
     if opts['lab'] not in LABS:

@@ -125,7 +125,7 @@ def test_cost_and_tokens_per_step_count_bitune_token_forwards(monkeypatch):
 @pytest.mark.parametrize('argv, message', [
     (['--lab=nope'], 'choose one of methods'),
     (['--lab=methods', '--seed=3'], 'use --seeds'),
-    (['--lab=methods', '--eval_interval=3'], 'or --evals'),
+    (['--lab=methods', '--eval_interval=3'], 'use --evals'),
     (['--lab=methods', '--seeds=1,x'], 'write e.g. --seeds=1,2,3'),
     (['--lab=methods', '--baseline=nope'], "choose one of the lab's arms"),
     (['--lab=methods', '--max_iter=5'], 'did you mean max_iters'),  # a typo fails before any run starts
