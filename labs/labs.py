@@ -144,8 +144,13 @@ def plan(opts, passthrough):
         return {'arm': arm, 'seed': seed, 'stage': stage, 'views': views, 'out_dir': out, 'argv': argv,
                 'cfg': cfg, 'tokens_per_step': tokens_per_step(cfg)}
 
-    max_iters = int(opts['max_iters'] or configure(DEFAULTS, [*first, *passthrough])['max_iters'])
+    common = configure(DEFAULTS, [*first, *passthrough])
+    max_iters = int(opts['max_iters'] or common['max_iters'])
     arms = {arm: {**lab.get('every', {}), **settings} for arm, settings in lab['arms'].items()}
+    for arm, settings in list(arms.items()):  # e.g. BAI's pivots from block 2 of the quick 2-block model
+        if settings.get('bai_layer', -1) >= common['n_layer']:
+            print(f"leaving out '{arm}': bai_layer={settings['bai_layer']} needs more than n_layer={common['n_layer']} blocks")
+            del arms[arm]
     # the budget: what the costliest arm reads in max_iters iterations (seed 0 here: the seed changes no cost)
     per_step = {arm: make(arm, s, 0, 1, (), max_iters, '')['tokens_per_step'] for arm, s in arms.items()}
     budget = max_iters * max(per_step.values())

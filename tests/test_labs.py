@@ -96,6 +96,12 @@ def test_quick_plans_a_small_grid(tmp_path, monkeypatch):
     assert all(r['cfg']['n_layer'] == 2 and r['cfg']['n_embd'] == 64 and r['cfg']['toy_max_len'] == 8 and
                r['cfg']['max_iters'] <= 2 * int(labs.QUICK['max_iters']) for r in runs)
     assert max(r['cfg']['max_iters'] for r in runs) > int(labs.QUICK['max_iters'])  # equal compute holds here too
+    # BAI's pivots from block 2 need a third block: left out of the 2-block quick grid, kept in the full one
+    opts, rest = labs.parse_args(['--lab=bai_settings', '--quick', '--seeds=1'])
+    assert 'layer 2, lambda 1' not in {r['arm'] for r in labs.plan(opts, rest)}
+    assert len(labs.plan(opts, rest)) == 6
+    opts, rest = labs.parse_args(['--lab=bai_settings', '--seeds=1'])
+    assert 'layer 2, lambda 1' in {r['arm'] for r in labs.plan(opts, rest)}
     # your own settings still win
     opts, rest = labs.parse_args(['--lab=methods', '--quick', '--seeds=4,5', '--n_layer=1', '--max_iters=50'])
     runs = labs.plan(opts, rest)
