@@ -1,16 +1,11 @@
 # Shared settings of every lab run: labs/labs.py passes this file first, then the arm's settings,
-# then your --key=value overrides. Equal compute: every arm of a lab gets these same
-# iterations, batch size, data and model; only the method settings differ.
+# then your --key=value overrides. Every arm of a lab gets the same data and model; only the method
+# settings differ. labs.py then sets each run's iterations (max_iters here for the equal-steps view,
+# more for cheaper arms in the equal-compute view), its seed, and eval_interval (five evaluations
+# per run, for the learning curves).
 #
-# Budget: train.py's default toy model and data, 500 iterations at batch 64. Measured speeds,
-# 1 thread per run (two runs side by side with --jobs=2 on 2 cores): causal ~4.5 it/s,
-# Bitune ~2.3 it/s, BAI ~0.8x causal, Bitune+BAI ~0.8x Bitune; plus ~6 s start-up and two
-# evaluations per run. From these, the whole 'methods' lab (4 arms x 3 seeds) should take
-# about 22 minutes on an otherwise idle 2-core CPU -- an ESTIMATE; a machine busy with
-# other work is slower (2-3x when we measured on a shared one).
-# At 500 iterations a causal run is well short of 100% exact match (about half at this
-# point of a longer run), so the arms have room to differ.
-# For a quick look: python labs/labs.py --lab=methods --seeds=1 --max_iters=100
+# At 500 iterations a causal run is well short of 100% exact match, so the arms have room to
+# differ. How long each lab takes on a 2-core laptop: labs/README.md.
 dataset = 'toy'
 toy_ops = 'CRSD'           # copy, reverse, sort, deduplicate: exact match is reported per op too
 toy_op_position = 'after'  # the 'op_before' lab switches this
@@ -33,6 +28,5 @@ learning_rate = 1e-3       # the 'finetune' lab uses 3e-3 for its LoRA arms
 warmup_iters = 50
 decay = 'cosine'
 min_lr = 1e-4
-# evaluation: the whole val set (125 examples per op), at the middle and at the end
-eval_interval = 250
+# evaluation: the whole val set (125 examples per op); labs.py sets eval_interval
 eval_examples = 500

@@ -1,25 +1,38 @@
 """
-Labs: a grid of train.py runs (arms x seeds) at equal compute, and one table of what they reached.
+Labs: a grid of train.py runs (arms x seeds), each arm compared with its lab's baseline two ways.
+The handouts (what each lab asks, how long it takes, what we measured) are in labs/README.md.
 
-    python labs/labs.py --lab=methods            # causal vs Bitune vs BAI vs both, operation after the data
-    python labs/labs.py --lab=op_before          # the same with the operation before the data
-    python labs/labs.py --lab=bitune_ablations   # Bitune's six variants (arXiv 2405.14862, its ablation table)
-    python labs/labs.py --lab=bai_settings       # BAI's pivot layer and lambda (arXiv 2408.13959)
-    python labs/labs.py --lab=finetune           # pretrain on copy, then LoRA vs Bitune-LoRA on the other ops
-    python labs/labs.py --lab=methods --seeds=1,2 --max_iters=100 --jobs=2 --n_layer=2   # any --key=value reaches every run
+    python labs/labs.py --lab=methods --jobs=2           # causal vs Bitune vs BAI vs both, operation after the data
+    python labs/labs.py --lab=op_before --jobs=2         # the same with the operation before the data
+    python labs/labs.py --lab=bitune_ablations --jobs=2  # Bitune's six variants (arXiv 2405.14862, its ablation table)
+    python labs/labs.py --lab=bai_settings --jobs=2      # BAI's pivot layer and lambda (arXiv 2408.13959)
+    python labs/labs.py --lab=finetune --jobs=2          # pretrain on copy, then LoRA vs Bitune-LoRA on the other ops
+    python labs/labs.py --lab=methods --quick --jobs=2   # a small grid (QUICK below): minutes, not an hour
+    python labs/labs.py --lab=methods --seeds=1,2 --max_iters=100 --n_layer=2   # any other --key=value reaches every run
 
-Each run gets config/lab_toy.py, then its lab's and arm's settings, then your --key=value.
-"Equal compute" = the same iterations, batch size, data and model for every arm. It is NOT
-equal FLOPs: Bitune reads the prompt prefix twice, ((P-1) + (P-1) + (T-P+1)) / T token-forwards
-per step relative to causal (prompt P, prompt + answer T): ~1.5x on the labs' toy data, where
-prompts are long next to answers. The table's 'cost' column gives it for every arm.
-Runs land in out_dir/<arm>/s<seed>/ (default out_dir: labs/runs/<lab>); a run whose log already
-reaches max_iters with the same command is skipped, so running a command again resumes the lab.
-Results: out_dir/results.md (table), results.json (every number), results.png (seeds and means).
+Two views of every lab:
+- equal steps: every arm trains max_iters iterations (config/lab_toy.py: 500 at batch 64).
+- equal compute: every arm gets the same budget of token-forwards, the costliest arm's at max_iters;
+  an arm that reads fewer tokens per step trains proportionally more iterations. An arm as costly
+  as the budget's runs once, and that run serves both views.
+A run's token-forwards after `iter` iterations are counted, not measured:
+    iter x batch_size x gradient_accumulation_steps x (mean prompt + answer length of the training set) x cost
+with cost = token-forwards per step relative to causal (cost() below; Bitune reads the prompt prefix twice).
+Padding is not counted, and neither is evaluation.
+
+Every arm is compared with its lab's baseline (--baseline=ARM picks another) on the same seeds: the
+mean paired difference with a 95% t-interval and a verdict (labs/stats.py). Each run evaluates at
+iteration 0 and --evals=5 more times, for the learning curves; an evaluation generates answers for all
+eval_examples, so it costs time (in elapsed_s and the wall-time curves) but no training.
+
+Runs land in out_dir/<arm>/s<seed>/, and s<seed>_equal_compute/ where that view needs a longer run
+(default out_dir: labs/runs/<lab>, or labs/runs/<lab>_quick). A run whose log already reaches its
+max_iters with the same command is skipped, so running a command again resumes the lab.
+Results in out_dir: results.md (tables), results.json (every number), results.png (final scores, both
+views), results_curves.png (exact match against token-forwards and wall time).
 """
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -27,33 +40,39 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: train.py, bitune.py
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # runs start here, where train.py is
+sys.path.insert(0, ROOT)  # train.py, bitune.py, and this folder as the package `labs`
+from labs import report, stats  # noqa: E402
 
 METHODS = {'causal': {'method': 'causal'}, 'bitune': {'method': 'bitune'}, 'bai': {'method': 'bai'},
            'bitune_bai': {'method': 'bitune_bai'}}
-# A lab: 'arms' (name -> train.py settings), settings for 'every' arm, and optionally a 'base' run per
-# seed that every arm of that seed fine-tunes from (its checkpoint becomes their init_from).
+# A lab: 'arms' (name -> train.py settings), the 'baseline' arm every other is compared with, settings
+# for 'every' arm, and optionally a 'base' run per seed that every arm of that seed fine-tunes from
+# (its checkpoint becomes their init_from; it is the same for all arms, so its compute is not counted).
 LABS = {
-    # Where does reading the prompt both ways help? With the op AFTER the data a causal model reads
-    # the data before it knows what to do with it; with the op BEFORE, it knows from the start.
-    'methods': {'arms': METHODS},
-    'op_before': {'arms': METHODS, 'every': {'toy_op_position': 'before'}},
-    # Which part of Bitune matters? (bitune.VARIANTS: pass A's mask and adapter, pass B, the mixing)
+    # Where does reading the prompt both ways help? With the op after the data a causal model reads
+    # the data before it knows what to do with it; with the op before, it knows from the start.
+    'methods': {'arms': METHODS, 'baseline': 'causal'},
+    'op_before': {'arms': METHODS, 'baseline': 'causal', 'every': {'toy_op_position': 'before'}},
+    # Which part of Bitune matters? Each variant against the full method (bitune.VARIANTS: pass A's
+    # mask and adapter, pass B, the mixing).
     'bitune_ablations': {'arms': {v: {'method': 'bitune', 'bitune_variant': v}
-                                  for v in ('full', 'naive', 'no_mixing', 'only_causal', 'shared', 'fixed')}},
+                                  for v in ('full', 'naive', 'no_mixing', 'only_causal', 'shared', 'fixed')},
+                         'baseline': 'full'},
     # BAI one factor at a time: the pivot layer at lambda 1, then lambda at the final layer.
     # lambda = 0 is exactly the causal baseline (bai.compute_loss skips the loss), hence that arm.
     'bai_settings': {'arms': {
         'causal (lambda 0)': {'method': 'causal'},
         **{f'layer {layer}, lambda 1': {'method': 'bai', 'bai_layer': layer} for layer in (-1, 0, 1, 2)},
         'layer -1, lambda 0.1': {'method': 'bai', 'bai_lambda': 0.1},
-        'layer -1, lambda 3': {'method': 'bai', 'bai_lambda': 3.0}}},
+        'layer -1, lambda 3': {'method': 'bai', 'bai_lambda': 3.0}},
+        'baseline': 'causal (lambda 0)'},
     # The papers' setting in miniature: a base that knows the format (fully trained on copy only),
     # then parameter-efficient tuning on new operations. LoRA usually wants a higher learning rate.
+    # Bitune trains two rank-8 adapters; a rank-16 causal LoRA has as many parameters, so it is the
+    # baseline. At the same scale alpha/r = 1 its update B A is a sum of twice the terms, so also at 0.5.
     'finetune': {'base': {'method': 'causal', 'peft': 'none', 'toy_ops': 'C'},
                  'every': {'peft': 'lora', 'toy_ops': 'RSD', 'learning_rate': 3e-3},
-                 # Bitune trains two rank-8 adapters; a rank-16 causal LoRA has as many parameters. At the
-                 # same scale alpha/r = 1 its update B A is a sum of twice the terms, so also at scale 0.5.
                  'arms': {'lora_causal': {'method': 'causal'},
                           'lora_causal_r16': {'method': 'causal', 'lora_r': 16, 'lora_alpha': 16},
                           'lora_causal_r16_alpha8': {'method': 'causal', 'lora_r': 16, 'lora_alpha': 8},
@@ -64,65 +83,113 @@ LABS = {
                           'dora_causal': {'method': 'causal', 'peft': 'dora'},
                           'dora_bitune': {'method': 'bitune', 'peft': 'dora'},
                           'ia3_causal': {'method': 'causal', 'peft': 'ia3', 'learning_rate': 0.3},
-                          'ia3_bitune': {'method': 'bitune', 'peft': 'ia3', 'learning_rate': 0.3}}},
+                          'ia3_bitune': {'method': 'bitune', 'peft': 'ia3', 'learning_rate': 0.3}},
+                 'baseline': 'lora_causal_r16'},
 }
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # runs start here, where train.py is
+# --quick: for a class to run live. A smaller model on shorter strings (4 to 8 symbols) at a higher
+# learning rate, fewer evaluation examples, three seeds (the fewest that give a usable interval, and a
+# wide one), and a lower target, since its runs end further from 100%.
+QUICK = {'seeds': '1,2,3', 'max_iters': '500', 'target': '50',
+         'settings': {'n_layer': 2, 'n_embd': 64, 'toy_max_len': 8, 'learning_rate': 3e-3, 'warmup_iters': 30,
+                      'eval_examples': 200}}
 CONFIG = os.path.join(ROOT, 'config', 'lab_toy.py')
 
 
 def parse_args(argv):
     """labs.py's own options, and every other --key=value (passed on to every run)."""
-    opts, passthrough = {'lab': None, 'seeds': '1,2,3', 'max_iters': None, 'out_dir': None, 'jobs': '1'}, []
+    opts = {'lab': None, 'seeds': None, 'max_iters': None, 'out_dir': None, 'jobs': '1', 'quick': 'False',
+            'baseline': None, 'target': None, 'evals': '5'}
+    passthrough = []
     for arg in argv:
-        key, _, value = arg[2:].partition('=')
+        key, eq, value = arg[2:].partition('=')
         if arg.startswith('--') and key in opts:
-            opts[key] = value
-        elif key == 'seed':
-            raise ValueError(f"{arg}: labs.py sets each run's seed; use --seeds=1,2,3")
+            opts[key] = value if eq else 'True'  # a bare flag: --quick
+        elif key in ('seed', 'eval_interval'):
+            instead = '--seeds=1,2,3' if key == 'seed' else '--evals=N (evaluations per run)'
+            raise ValueError(f"{arg}: labs.py sets each run's {key}; use {instead}")
         else:
             passthrough.append(arg)
     if opts['lab'] not in LABS:
         raise ValueError(f"--lab={opts['lab']}: choose one of {', '.join(LABS)}")
+    lab = LABS[opts['lab']]
+    quick = opts['quick'] in ('True', 'true', '1')
+    seeds = opts['seeds'] or (QUICK['seeds'] if quick else '1,2,3,4,5')
+    target = opts['target'] or (QUICK['target'] if quick else '80')
     try:
-        seeds, jobs = [int(s) for s in opts['seeds'].split(',')], int(opts['jobs'])
+        seeds, jobs, evals = [int(s) for s in seeds.split(',')], int(opts['jobs']), int(opts['evals'])
+        target = float(target)
     except ValueError:
-        raise ValueError(f"--seeds={opts['seeds']} --jobs={opts['jobs']}: write e.g. --seeds=1,2,3 --jobs=2") from None
-    if jobs < 1 or len(set(seeds)) != len(seeds):
-        raise ValueError("--jobs must be at least 1, and --seeds must not repeat a seed")
-    out_dir = os.path.abspath(opts['out_dir'] or os.path.join(ROOT, 'labs', 'runs', opts['lab']))  # the runs start in ROOT
-    return {**opts, 'seeds': seeds, 'jobs': jobs, 'out_dir': out_dir}, passthrough
+        raise ValueError(f"--seeds={seeds} --jobs={opts['jobs']} --evals={opts['evals']} --target={target}: "
+                         f"write e.g. --seeds=1,2,3 --jobs=2 --evals=5 --target=80") from None
+    if jobs < 1 or evals < 1 or len(set(seeds)) != len(seeds):
+        raise ValueError("--jobs and --evals must be at least 1, and --seeds must not repeat a seed")
+    baseline = opts['baseline'] or lab['baseline']
+    if baseline not in lab['arms']:
+        raise ValueError(f"--baseline={baseline}: choose one of the lab's arms: {', '.join(lab['arms'])}")
+    default_out = os.path.join(ROOT, 'labs', 'runs', opts['lab'] + ('_quick' if quick else ''))
+    out_dir = os.path.abspath(opts['out_dir'] or default_out)  # the runs start in ROOT
+    max_iters = opts['max_iters'] or (QUICK['max_iters'] if quick else None)
+    return {**opts, 'seeds': seeds, 'jobs': jobs, 'evals': evals, 'target': target, 'quick': quick,
+            'baseline': baseline, 'out_dir': out_dir, 'max_iters': max_iters}, passthrough
 
 
 def plan(opts, passthrough):
-    """The lab's runs: dicts with arm, seed, stage (0 = bases), out_dir, argv for train.py, and its config,
-    resolved here with train.py's own defaults so that a typo fails before any run starts."""
+    """The lab's runs: dicts with arm, seed, stage (0 = bases), views ('steps', 'compute', or both),
+    out_dir, argv for train.py, tokens_per_step, and its config, resolved here with train.py's own
+    defaults so that a typo fails before any run starts."""
     from configurator import configure
     from train import DEFAULTS
-    lab, runs = LABS[opts['lab']], []
-    stages = ([[('base', lab['base'])]] if 'base' in lab else []) + \
-        [[(arm, {**lab.get('every', {}), **settings}) for arm, settings in lab['arms'].items()]]
-    for stage, arms in enumerate(stages):
-        for seed in opts['seeds']:
-            for arm, settings in arms:
-                if stage > 0:  # fine-tune from the same seed's base
-                    settings = {**settings, 'init_from': os.path.join(opts['out_dir'], 'base', f's{seed}', 'ckpt.pt')}
-                out = os.path.join(opts['out_dir'], arm.replace(',', '').replace(' ', '_'), f's{seed}')
-                argv = [CONFIG, *[f'--{k}={v}' for k, v in settings.items()], *passthrough,
-                        *([f"--max_iters={opts['max_iters']}"] if opts['max_iters'] else []),
-                        f'--seed={seed}', f'--out_dir={out}']
-                runs.append({'arm': arm, 'seed': seed, 'stage': stage, 'out_dir': out, 'argv': argv,
-                             'cfg': configure(DEFAULTS, argv)})
+    lab = LABS[opts['lab']]
+    first = [CONFIG, *[f'--{k}={v}' for k, v in QUICK['settings'].items() if opts['quick']]]
+
+    def make(arm, settings, seed, stage, views, iters, folder):
+        out = os.path.join(opts['out_dir'], arm.replace(',', '').replace(' ', '_'), folder)
+        # --evals evaluations after the one at iteration 0 (rounding up: never one more just before the end)
+        argv = [*first, *[f'--{k}={v}' for k, v in settings.items()], *passthrough, f'--max_iters={iters}',
+                f"--eval_interval={-(-iters // opts['evals'])}", f'--seed={seed}', f'--out_dir={out}']
+        cfg = configure(DEFAULTS, argv)
+        return {'arm': arm, 'seed': seed, 'stage': stage, 'views': views, 'out_dir': out, 'argv': argv,
+                'cfg': cfg, 'tokens_per_step': tokens_per_step(cfg)}
+
+    common = configure(DEFAULTS, [*first, *passthrough])
+    max_iters = int(opts['max_iters'] or common['max_iters'])
+    arms = {arm: {**lab.get('every', {}), **settings} for arm, settings in lab['arms'].items()}
+    for arm, settings in list(arms.items()):  # e.g. BAI's pivots from block 2 of the quick 2-block model
+        if settings.get('bai_layer', -1) >= common['n_layer']:
+            print(f"leaving out '{arm}': bai_layer={settings['bai_layer']} needs more than n_layer={common['n_layer']} blocks")
+            del arms[arm]
+    # the budget: what the costliest arm reads in max_iters iterations (seed 0 here: the seed changes no cost)
+    per_step = {arm: make(arm, s, 0, 1, (), max_iters, '')['tokens_per_step'] for arm, s in arms.items()}
+    budget = max_iters * max(per_step.values())
+    runs = []
+    for seed in opts['seeds']:
+        if 'base' in lab:
+            runs.append(make('base', lab['base'], seed, 0, (), max_iters, f's{seed}'))
+            base_ckpt = os.path.join(runs[-1]['out_dir'], 'ckpt.pt')
+        for arm, settings in arms.items():
+            if 'base' in lab:  # fine-tune from the same seed's base
+                settings = {**settings, 'init_from': base_ckpt}
+            iters = round(budget / per_step[arm])
+            if iters == max_iters:
+                runs.append(make(arm, settings, seed, 1, ('steps', 'compute'), max_iters, f's{seed}'))
+            else:
+                runs.append(make(arm, settings, seed, 1, ('steps',), max_iters, f's{seed}'))
+                runs.append(make(arm, settings, seed, 1, ('compute',), iters, f's{seed}_equal_compute'))
     return runs
 
 
-def last_row(out_dir, name='log.jsonl'):
-    """The last line of a run's JSON-lines file, or None."""
+def read_log(out_dir, name='log.jsonl'):
+    """The rows of a run's JSON-lines file ([] if there is none yet)."""
     path = os.path.join(out_dir, name)
     if not os.path.exists(path):
-        return None
+        return []
     with open(path) as f:
-        rows = [line for line in f if line.strip()]
-    return json.loads(rows[-1]) if rows else None
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def last_row(out_dir, name='log.jsonl'):
+    rows = read_log(out_dir, name)
+    return rows[-1] if rows else None
 
 
 def finished(run):
@@ -151,9 +218,9 @@ def run_all(runs, jobs):
     """Stage by stage (fine-tuning needs its base), `jobs` runs at a time; returns the failed runs."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     threads = max(1, cores // jobs)  # N runs of cores/N threads: the cores are shared, never oversubscribed
-    # Bitune's (slower) runs first, so no job idles at the end waiting for a long one
+    # the longest runs first, so no job idles at the end waiting for a long one
     todo = sorted((r for r in runs if not finished(r)),
-                  key=lambda r: (r['stage'], not r['cfg']['method'].startswith('bitune')))
+                  key=lambda r: (r['stage'], -r['cfg']['max_iters'] * r['tokens_per_step']))
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already finished; {jobs} at a time, {threads} thread(s) each")
     failed, t0, bar = [], time.time(), tqdm(total=len(todo), desc='runs', dynamic_ncols=True)
     for stage in sorted({r['stage'] for r in todo}):
@@ -163,12 +230,30 @@ def run_all(runs, jobs):
                 r, (rc, secs) = started[fut], fut.result()
                 if rc != 0 or not finished(r):
                     failed.append(r)
-                tqdm.write(f"{r['arm']} seed {r['seed']}: {'FAILED, see its train.txt' if r in failed else 'done'}"
-                           f" in {secs:.0f}s -> {r['out_dir']}")
+                tqdm.write(f"{r['arm']} seed {r['seed']} ({r['cfg']['max_iters']} it): "
+                           f"{'failed, see its train.txt' if r in failed else 'done'} in {secs:.0f}s -> {r['out_dir']}")
                 bar.update()
     bar.close()
     print(f"total {time.time() - t0:.0f}s")
     return failed
+
+
+_LENGTHS = {}  # (prompt, answer) lengths of a training set, by the settings that make it
+
+
+def train_lengths(cfg):
+    """(P, A) per training example, from the same call as train.py's; every arm of a lab asks."""
+    from data import tasks
+    key = tuple(sorted((k, v) for k, v in cfg.items() if k.startswith('toy_') or k in ('dataset', 'data_dir')))
+    if key not in _LENGTHS:
+        if cfg['dataset'] == 'toy':
+            task = tasks.load_task('toy', seed=cfg['toy_seed'], n_train=cfg['toy_n_train'], n_val=cfg['toy_n_val'],
+                                   ops=cfg['toy_ops'], min_len=cfg['toy_min_len'], max_len=cfg['toy_max_len'],
+                                   n_symbols=cfg['toy_n_symbols'], op_position=cfg['toy_op_position'])
+        else:
+            task = tasks.load_task(cfg['dataset'], data_dir=cfg['data_dir'])
+        _LENGTHS[key] = [(len(ex['prompt']), len(ex['answer'])) for ex in task['train']]
+    return _LENGTHS[key]
 
 
 def cost(cfg):
@@ -179,88 +264,76 @@ def cost(cfg):
     if not cfg['method'].startswith('bitune'):
         return 1.0
     from bitune import VARIANTS
-    from data import tasks
-    if cfg['dataset'] == 'toy':  # the same call as train.py's
-        task = tasks.load_task('toy', seed=cfg['toy_seed'], n_train=cfg['toy_n_train'], n_val=cfg['toy_n_val'],
-                               ops=cfg['toy_ops'], min_len=cfg['toy_min_len'], max_len=cfg['toy_max_len'],
-                               n_symbols=cfg['toy_n_symbols'], op_position=cfg['toy_op_position'])
-    else:
-        task = tasks.load_task(cfg['dataset'], data_dir=cfg['data_dir'])
-    lengths = [(len(ex['prompt']), len(ex['answer'])) for ex in task['train']]  # (P, A) per example
+    lengths = train_lengths(cfg)
     passes = 2 if VARIANTS[cfg['bitune_variant']][2] else 1
     return sum(passes * (p - 1) + a + 1 for p, a in lengths) / sum(p + a for p, a in lengths)
 
 
-def aggregate(runs):
-    """{arm: {'runs': [per seed], 'cost', metric: {mean, std, min, max, values}}} from each finished run's
-    final log row. std is over seeds with n-1 (0 for a single run)."""
+def tokens_per_step(cfg):
+    """Token-forwards of one training step: examples per step x their mean length x cost."""
+    lengths = train_lengths(cfg)
+    mean_length = sum(p + a for p, a in lengths) / len(lengths)
+    return cfg['batch_size'] * cfg['gradient_accumulation_steps'] * mean_length * cost(cfg)
+
+
+def scores_of(row):
+    """The task metrics of a log row: exact match (overall and per op) or ROUGE."""
+    return {k: v for k, v in row.items() if k == 'exact_match' or k.startswith(('em_', 'rouge'))}
+
+
+def aggregate(runs, opts):
+    """Every number of the lab, from the finished runs' logs: per arm, its cost and, for each view,
+    the runs' final scores, their summary over seeds and the paired comparison with the baseline;
+    its learning curve (equal-compute runs) and the token-forwards it needs to reach opts['target']."""
+    done = [r for r in runs if r['arm'] != 'base' and finished(r)]  # unfinished runs have no final score
+    first = next((read_log(r['out_dir'])[-1] for r in done), {})
+    metric = 'exact_match' if 'exact_match' in first else 'rougeL'
     arms = {}
-    for r in runs:
-        if r['arm'] == 'base' or not finished(r):
-            continue  # the base is a means, not an arm; an unfinished run has no final score
-        row = last_row(r['out_dir'])
-        scores = {k: v for k, v in row.items() if k == 'exact_match' or k.startswith(('em_', 'rouge'))}
-        if r['arm'] not in arms:
-            arms[r['arm']] = {'runs': [], 'cost': cost(r['cfg'])}
-        arms[r['arm']]['runs'].append({'seed': r['seed'], 'elapsed_s': row['elapsed_s'], **scores})
+    for r in done:
+        arm = arms.setdefault(r['arm'], {'cost': cost(r['cfg']), 'tokens_per_step': r['tokens_per_step'],
+                                         'views': {}, 'curves': []})
+        rows = read_log(r['out_dir'])
+        for view in r['views']:
+            v = arm['views'].setdefault(view, {'iters': r['cfg']['max_iters'], 'runs': []})
+            v['runs'].append({'seed': r['seed'], 'elapsed_s': rows[-1]['elapsed_s'], **scores_of(rows[-1])})
+        if 'compute' in r['views']:
+            arm['curves'].append([(row['iter'], row['elapsed_s'], row[metric]) for row in rows])
     for arm in arms.values():
-        for k in [k for k in arm['runs'][0] if k not in ('seed', 'elapsed_s')]:
-            v = [run[k] for run in arm['runs'] if k in run]
-            arm[k] = {'mean': statistics.mean(v), 'std': statistics.stdev(v) if len(v) > 1 else 0.0,
-                      'min': min(v), 'max': max(v), 'values': v}
-    return arms
-
-
-def write_results(arms, out_dir, title):
-    """results.json (everything), results.md (the table), results.png (a dot per seed, a bar per mean)."""
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, 'results.json'), 'w') as f:
-        json.dump({'lab': title, 'arms': arms}, f, indent=1)
-    keys = [k for k in next(iter(arms.values()), {}) if k not in ('runs', 'cost')]
-    lines = [f"# {title}", "", "Final scores in percent (greedy generation on val): mean ± std over seeds "
-             "(min..max). Every arm ran the same iterations, batch size, data and model. 'cost': token-forwards "
-             "per step relative to causal (Bitune reads the prompt prefix twice); 's/run': training + evaluation "
-             "seconds of one run (from its log).", "",
-             f"| arm | runs | cost | s/run | {' | '.join(keys)} |", '|---' * (len(keys) + 4) + '|']
-    for name, a in arms.items():
-        cells = [f"{a[k]['mean']:.1f} ± {a[k]['std']:.1f} ({a[k]['min']:.1f}..{a[k]['max']:.1f})" if k in a else ''
-                 for k in keys]
-        secs = statistics.mean(r['elapsed_s'] for r in a['runs'])
-        lines.append(f"| {name} | {len(a['runs'])} | {a['cost']:.2f}x | {secs:.0f} | {' | '.join(cells)} |")
-    with open(os.path.join(out_dir, 'results.md'), 'w') as f:
-        f.write('\n'.join(lines) + '\n')
-    if keys:
-        plot(arms, keys, os.path.join(out_dir, 'results.png'), title)
-    return lines
-
-
-def plot(arms, keys, path, title):
-    import matplotlib
-    matplotlib.use('Agg')  # files only: works on a server with no display
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(keys), figsize=(1 + len(keys) * (0.5 + 0.45 * len(arms)), 4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for i, a in enumerate(arms.values()):
-            if key in a:
-                v = a[key]['values']
-                ax.bar(i, a[key]['mean'], color=f'C{i}', alpha=0.4)
-                # a small sideways offset per seed, so equal scores stay visible as separate dots
-                ax.scatter([i + 0.08 * (j - (len(v) - 1) / 2) for j in range(len(v))], v, color=f'C{i}', s=14, zorder=3)
-        ax.set_xticks(range(len(arms)), list(arms), rotation=45, ha='right', fontsize=8)
-        ax.set(title=key, ylim=(0, 100))
-    axes[0][0].set_ylabel('percent (dots: seeds, bars: mean)')
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        for v in arm['views'].values():
+            keys = [k for k in v['runs'][0] if k not in ('seed', 'elapsed_s')]
+            v['stats'] = {k: stats.summary(run[k] for run in v['runs'] if k in run) for k in keys}
+        curves = arm.pop('curves')
+        if curves:
+            tps = arm['tokens_per_step']
+            arm['curve'] = {'tokens': stats.mean_curve([[(it * tps, y) for it, _, y in c] for c in curves]),
+                            'wall_s': stats.mean_curve([[(s, y) for _, s, y in c] for c in curves])}
+            mean = arm['curve']['tokens']
+            reached = [stats.first_crossing([it * tps for it, _, _ in c], [y for _, _, y in c], opts['target'])
+                       for c in curves]
+            arm['to_target'] = {'token_forwards': stats.first_crossing(mean['x'], mean['mean'], opts['target']),
+                                'seeds_reached': sum(x is not None for x in reached), 'seeds': len(curves)}
+    base = arms.get(opts['baseline'], {'views': {}})
+    for name, arm in arms.items():
+        for view, v in arm['views'].items():
+            if name != opts['baseline'] and view in base['views']:
+                by_seed = {run['seed']: run[metric] for run in v['runs']}
+                v['vs_baseline'] = stats.paired(by_seed, {run['seed']: run[metric] for run in base['views'][view]['runs']})
+    # the costliest arm's runs serve both views: their length is max_iters, their compute the budget
+    costliest = max((r for r in runs if r['arm'] != 'base'), key=lambda r: r['tokens_per_step'])
+    steps = costliest['cfg']['max_iters']
+    return {'lab': opts['lab'], 'metric': metric, 'baseline': opts['baseline'], 'target': opts['target'],
+            'seeds': opts['seeds'], 'max_iters': steps,
+            'budget': {'arm': costliest['arm'], 'token_forwards': steps * costliest['tokens_per_step']},
+            'arms': {name: arms[name] for name in LABS[opts['lab']]['arms'] if name in arms}}
 
 
 def main(argv=None):
     opts, passthrough = parse_args(sys.argv[1:] if argv is None else argv)
     runs = plan(opts, passthrough)
     failed = run_all(runs, opts['jobs'])
-    lines = write_results(aggregate(runs), opts['out_dir'], f"lab '{opts['lab']}'")
-    print('\n'.join(lines[4:]) + f"\nwrote {opts['out_dir']}/results.md, results.json, results.png")
+    results = aggregate(runs, opts)
+    lines = report.write_results(results, opts['out_dir'])
+    print('\n'.join(lines) + f"\nwrote {opts['out_dir']}/results.md, results.json, results.png, results_curves.png")
     if failed:
         raise RuntimeError(f"{len(failed)} run(s) failed: {', '.join(r['out_dir'] for r in failed)}; read their "
                            f"train.txt, fix the cause, and run the same command again (finished runs are kept)")

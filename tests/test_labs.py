@@ -1,4 +1,5 @@
-"""labs/labs.py: the plan of runs, skipping finished runs, the aggregation over seeds, and a tiny lab end to end."""
+"""labs/: the statistics, the plan of runs (both views, --quick), skipping finished runs, the aggregation
+over seeds, and a tiny lab end to end."""
 import json
 import math
 import os
@@ -6,12 +7,12 @@ import subprocess
 
 import pytest
 
-from labs import labs
+from labs import labs, stats
 
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=32', '--batch_size=8', '--eval_iters=1',
         '--eval_examples=8', '--toy_n_train=100', '--toy_n_val=8', '--toy_max_len=5', '--warmup_iters=1',
-        '--eval_interval=2', '--device=cpu']
-TWO_ARMS = {'arms': {'causal': {'method': 'causal'}, 'bitune': {'method': 'bitune'}}}
+        '--device=cpu']
+TWO_ARMS = {'arms': {'causal': {'method': 'causal'}, 'bitune': {'method': 'bitune'}}, 'baseline': 'causal'}
 
 
 @pytest.fixture
@@ -19,6 +20,129 @@ def tiny_lab(monkeypatch):
     monkeypatch.setitem(labs.LABS, 'tiny', TWO_ARMS)
     return 'tiny'
 
+
+# ---- the statistics
+
+def test_paired_t_interval_and_verdicts_on_hand_made_numbers():
+    # differences 1..5: mean 3, std sqrt(2.5), t(0.975, 4 df) = 2.776 -> 3 ± 2.776 * sqrt(2.5 / 5)
+    arm, base = {s: 10 + 2 * s for s in range(1, 6)}, {s: 10 + s for s in range(1, 6)}
+    p = stats.paired(arm, base)
+    half = 2.776 * math.sqrt(2.5 / 5)
+    assert p['diffs'] == [1, 2, 3, 4, 5] and p['wins'] == 5
+    assert (p['mean'], p['low'], p['high']) == pytest.approx((3, 3 - half, 3 + half))
+    assert p['low'] == pytest.approx(1.037, abs=1e-3) and p['verdict'] == 'helps'
+    assert stats.paired(base, arm)['verdict'] == 'hurts'  # the same numbers the other way round
+    # differences 1, 2, 3: mean 2, std 1, t(2 df) = 4.303 -> [-0.484, 4.484]: it straddles 0
+    p = stats.paired({1: 41, 2: 52, 3: 63}, {1: 40, 2: 50, 3: 60})
+    assert (p['low'], p['high']) == pytest.approx((2 - 4.303 / math.sqrt(3), 2 + 4.303 / math.sqrt(3)))
+    assert p['verdict'] == 'no evidence' and p['wins'] == 3  # three wins out of three are not enough here
+    # only the seeds both arms ran are paired; one seed gives no interval
+    assert stats.paired({1: 50, 2: 60, 7: 0}, {1: 40, 2: 40, 3: 99})['diffs'] == [10, 20]
+    assert stats.paired({1: 50}, {1: 40}) == {'seeds': [1], 'diffs': [10], 'wins': 1, 'mean': 10, 'low': None,
+                                              'high': None, 'verdict': 'too few seeds'}
+    # the table's quantile shrinks with more seeds and is kept at 30 degrees of freedom beyond
+    assert stats.T975[2] > stats.T975[4] > stats.T975[30]
+    assert stats.t_interval([0.0, 1.0] * 40)[2] == pytest.approx(0.5 + 2.042 * stats.summary([0.0, 1.0] * 40)['std']
+                                                                 / math.sqrt(80))
+
+
+def test_curve_mean_band_and_threshold_interpolation():
+    # 60 at x=100, 90 at x=200: 80 is two thirds of the way -> 166.7
+    assert stats.first_crossing([0, 100, 200], [0, 60, 90], 80) == pytest.approx(100 + 100 * 20 / 30)
+    assert stats.first_crossing([0, 100, 200], [0, 60, 90], 95) is None  # never reached
+    assert stats.first_crossing([0, 100], [85, 90], 80) == 0  # already there at the start
+    assert stats.first_crossing([0, 100, 200, 300], [0, 85, 70, 95], 80) == pytest.approx(100 * 80 / 85)  # the first
+    curve = stats.mean_curve([[(0, 10), (5, 50), (10, 70)], [(0, 20), (5, 30)], [(0, 0), (5, 40), (10, 90)]])
+    assert curve == {'x': [0, 5], 'mean': [10, 40], 'min': [0, 30], 'max': [20, 50]}  # where every seed got to
+    assert stats.mean_curve([[(1.0, 5)], [(3.0, 7)]])['x'] == [2.0]  # wall times differ a little: averaged
+
+
+# ---- the plan: two views, the budget, --quick
+
+def test_equal_compute_gives_cheaper_arms_more_iterations_in_the_cost_ratio(tmp_path):
+    opts, rest = labs.parse_args(['--lab=methods', '--max_iters=500', f'--out_dir={tmp_path}'])
+    runs = labs.plan(opts, rest)
+    assert opts['seeds'] == [1, 2, 3, 4, 5]
+    by = {(r['arm'], r['views']): r for r in runs if r['seed'] == 1}
+    bitune, causal = by['bitune', ('steps', 'compute')], by['causal', ('compute',)]
+    assert by['causal', ('steps',)]['cfg']['max_iters'] == bitune['cfg']['max_iters'] == 500
+    ratio = labs.cost(bitune['cfg'])
+    assert 1.4 < ratio < 1.6  # the prompt prefix read twice, on the lab's data
+    assert causal['cfg']['max_iters'] == round(500 * ratio)  # 758: causal trains longer on the same budget
+    budget = 500 * bitune['tokens_per_step']
+    assert abs(causal['cfg']['max_iters'] * causal['tokens_per_step'] - budget) <= causal['tokens_per_step'] / 2
+    # the costliest arms run once per seed, for both views; the others twice
+    assert sorted((r['arm'], r['views']) for r in runs if r['seed'] == 1) == sorted(by)
+    assert len(runs) == 5 * 6
+    # five evaluations per run, whatever its length, for the curves
+    assert causal['cfg']['eval_interval'] == 152 and bitune['cfg']['eval_interval'] == 100
+    assert len({r['out_dir'] for r in runs}) == len(runs)
+
+
+def test_ablation_variants_without_pass_b_get_the_longer_runs(tmp_path):
+    opts, rest = labs.parse_args(['--lab=bitune_ablations', '--seeds=1', f'--out_dir={tmp_path}'])
+    iters = {(r['arm'], r['views']): r['cfg']['max_iters'] for r in labs.plan(opts, rest)}
+    assert iters['full', ('steps', 'compute')] == iters['fixed', ('steps', 'compute')] == 500
+    assert iters['naive', ('compute',)] == iters['no_mixing', ('compute',)] > 700  # one prompt pass, not two
+    assert len(iters) == 8
+
+
+def test_quick_plans_a_small_grid(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    opts, rest = labs.parse_args(['--lab=bitune_ablations', '--quick'])
+    runs = labs.plan(opts, rest)
+    assert opts['seeds'] == [1, 2, 3] and opts['out_dir'].endswith(os.path.join('runs', 'bitune_ablations_quick'))
+    assert len(runs) == 3 * 8 and opts['target'] == 50
+    assert all(r['cfg']['n_layer'] == 2 and r['cfg']['n_embd'] == 64 and r['cfg']['toy_max_len'] == 8 and
+               r['cfg']['max_iters'] <= 2 * int(labs.QUICK['max_iters']) for r in runs)
+    assert max(r['cfg']['max_iters'] for r in runs) > int(labs.QUICK['max_iters'])  # equal compute holds here too
+    # BAI's pivots from block 2 need a third block: left out of the 2-block quick grid, kept in the full one
+    opts, rest = labs.parse_args(['--lab=bai_settings', '--quick', '--seeds=1'])
+    assert 'layer 2, lambda 1' not in {r['arm'] for r in labs.plan(opts, rest)}
+    assert len(labs.plan(opts, rest)) == 6
+    opts, rest = labs.parse_args(['--lab=bai_settings', '--seeds=1'])
+    assert 'layer 2, lambda 1' in {r['arm'] for r in labs.plan(opts, rest)}
+    # your own settings still win
+    opts, rest = labs.parse_args(['--lab=methods', '--quick', '--seeds=4,5', '--n_layer=1', '--max_iters=50'])
+    runs = labs.plan(opts, rest)
+    assert {r['seed'] for r in runs} == {4, 5} and {r['cfg']['n_layer'] for r in runs} == {1}
+    assert min(r['cfg']['max_iters'] for r in runs) == 50
+
+
+def test_cost_and_tokens_per_step_count_bitune_token_forwards(monkeypatch):
+    from data import tasks
+    import train
+    from configurator import configure
+    # two examples: prompt 5 + answer 3, prompt 7 + answer 5 -> causal reads 8 + 12 = 20 tokens
+    fake = {'train': [{'prompt': [0] * 5, 'answer': [0] * 3}, {'prompt': [0] * 7, 'answer': [0] * 5}]}
+    monkeypatch.setattr(tasks, 'load_task', lambda *a, **k: fake)
+    monkeypatch.setattr(labs, '_LENGTHS', {})  # no lengths remembered from the real data
+    cfg = configure(train.DEFAULTS, [labs.CONFIG, '--batch_size=4', '--gradient_accumulation_steps=2'])
+    assert labs.cost({**cfg, 'method': 'causal'}) == 1.0
+    # full: (P-1) + (P-1) + (A+1) = 4+4+4 and 6+6+6 -> 30 / 20
+    assert labs.cost({**cfg, 'method': 'bitune'}) == pytest.approx(1.5)
+    # naive has no causal prefix pass: 4+4 and 6+6 -> 20 / 20
+    assert labs.cost({**cfg, 'method': 'bitune', 'bitune_variant': 'naive'}) == pytest.approx(1.0)
+    # 8 examples per step of mean length 10 -> 80 tokens, 120 for Bitune
+    assert labs.tokens_per_step({**cfg, 'method': 'causal'}) == pytest.approx(80)
+    assert labs.tokens_per_step({**cfg, 'method': 'bitune'}) == pytest.approx(120)
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--lab=nope'], 'choose one of methods'),
+    (['--lab=methods', '--seed=3'], 'use --seeds'),
+    (['--lab=methods', '--eval_interval=3'], 'use --evals'),
+    (['--lab=methods', '--seeds=1,x'], 'write e.g. --seeds=1,2,3'),
+    (['--lab=methods', '--baseline=nope'], "choose one of the lab's arms"),
+    (['--lab=methods', '--max_iter=5'], 'did you mean max_iters'),  # a typo fails before any run starts
+])
+def test_bad_options_fail_before_any_run(argv, message, monkeypatch):
+    monkeypatch.setattr(labs, 'launch', lambda *a: pytest.fail('no run should start'))
+    with pytest.raises(ValueError, match=message):
+        labs.main(argv)
+
+
+# ---- aggregation and the tables
 
 def fake_log(run, rows, argv=None):
     """What a run leaves behind, written by hand: its log rows and the command it ran."""
@@ -29,77 +153,50 @@ def fake_log(run, rows, argv=None):
         json.dump(argv or run['argv'], f)
 
 
-def test_aggregation_over_seeds_matches_hand_computed_values(tiny_lab, tmp_path, monkeypatch):
-    monkeypatch.setattr(labs, 'cost', lambda cfg: 1.0)  # the token count has its own test
+def test_aggregation_pairs_seeds_in_each_view(tiny_lab, tmp_path, monkeypatch):
+    monkeypatch.setattr(labs, 'cost', lambda cfg: 1.5 if cfg['method'] == 'bitune' else 1.0)
     opts, rest = labs.parse_args([f'--lab={tiny_lab}', '--seeds=1,2,3', '--max_iters=10', f'--out_dir={tmp_path}'])
     runs = labs.plan(opts, rest)
-    assert len(runs) == 6 and {(r['arm'], r['seed']) for r in runs} == {(a, s) for a in TWO_ARMS['arms']
-                                                                        for s in (1, 2, 3)}
-    em = {('causal', 1): (40, 60), ('causal', 2): (50, 90), ('causal', 3): (90, 30),
-          ('bitune', 1): (70, 20), ('bitune', 2): (70, 20), ('bitune', 3): (10, 80)}
+    assert sorted((r['arm'], r['views'], r['cfg']['max_iters']) for r in runs if r['seed'] == 1) == \
+        [('bitune', ('steps', 'compute'), 10), ('causal', ('compute',), 15), ('causal', ('steps',), 10)]
+    # final exact match per (arm, view, seed); bitune's one run counts in both views
+    final = {('causal', 'steps'): {1: 40, 2: 50, 3: 60}, ('causal', 'compute'): {1: 30, 2: 40, 3: 50},
+             ('bitune', 'steps'): {1: 41, 2: 52, 3: 63}}
     for r in runs:
-        overall, c = em[r['arm'], r['seed']]
-        early = {'iter': 5, 'exact_match': 0.0, 'em_C': 0.0, 'elapsed_s': 1.0}  # an earlier row: must be ignored
-        fake_log(r, [early, {'iter': 10, 'exact_match': overall, 'em_C': c, 'elapsed_s': 7.0, 'val_loss': 1.0}])
-    # bitune seed 3 stopped early and causal seed 3 ran with other settings: neither is a finished run
-    bitune3 = next(r for r in runs if r['arm'] == 'bitune' and r['seed'] == 3)
-    fake_log(bitune3, [{'iter': 5, 'exact_match': 10.0, 'em_C': 80.0, 'elapsed_s': 1.0}])
-    causal3 = next(r for r in runs if r['arm'] == 'causal' and r['seed'] == 3)
-    fake_log(causal3, [{'iter': 10, 'exact_match': 99.0, 'em_C': 99.0, 'elapsed_s': 1.0}],
-             argv=causal3['argv'] + ['--learning_rate=1'])
-    assert [labs.finished(r) for r in runs].count(True) == 4
+        n, em = r['cfg']['max_iters'], final[r['arm'], r['views'][0]][r['seed']]
+        # a curve: 0 at the start, 90 halfway (above the target for a moment), the final score at the end
+        fake_log(r, [{'iter': 0, 'exact_match': 0.0, 'em_C': 0.0, 'elapsed_s': 1.0},
+                     {'iter': n // 2, 'exact_match': 90.0 if r['seed'] == 1 else 20.0, 'em_C': 0.0, 'elapsed_s': 2.0},
+                     {'iter': n, 'exact_match': em, 'em_C': em / 2, 'elapsed_s': 7.0, 'val_loss': 1.0}])
+    res = labs.aggregate(runs, opts)
+    causal, bitune = res['arms']['causal'], res['arms']['bitune']
+    assert causal['views']['steps']['stats']['exact_match']['std'] == pytest.approx(10)
+    assert 'val_loss' not in causal['views']['steps']['stats']  # only task metrics are aggregated
+    assert 'vs_baseline' not in causal['views']['steps']
+    # equal steps: differences 1, 2, 3 -> no evidence; equal compute (causal 30, 40, 50): 11, 12, 13 -> helps
+    steps, compute = bitune['views']['steps']['vs_baseline'], bitune['views']['compute']['vs_baseline']
+    assert steps['diffs'] == [1, 2, 3] and steps['verdict'] == 'no evidence'
+    assert compute['diffs'] == [11, 12, 13] and compute['verdict'] == 'helps'
+    assert compute['low'] == pytest.approx(12 - 4.303 / math.sqrt(3))
+    # the budget is bitune's 10 steps; causal's curve reaches it at 15 steps
+    tokens = res['budget']['token_forwards']
+    assert res['budget']['arm'] == 'bitune' and tokens == pytest.approx(10 * bitune['tokens_per_step'])
+    assert causal['curve']['tokens']['x'][-1] == pytest.approx(tokens, rel=0.05)
+    # mean curve halfway: (90 + 20 + 20) / 3 = 43.3 < 80, so only seed 1 reaches 80 (at 80/90 of the way there)
+    assert causal['curve']['tokens']['mean'][1] == pytest.approx(130 / 3)
+    assert causal['to_target'] == {'token_forwards': None, 'seeds_reached': 1, 'seeds': 3}
+    # a run with other settings, or an unfinished one, is left out
+    fake_log(runs[0], [{'iter': 10, 'exact_match': 99.0, 'elapsed_s': 1.0}], argv=runs[0]['argv'] + ['--x=1'])
+    assert len(labs.aggregate(runs, opts)['arms'][runs[0]['arm']]['views'][runs[0]['views'][0]]['runs']) == 2
 
-    arms = labs.aggregate(runs)
-    causal, bitune = arms['causal'], arms['bitune']
-    assert len(causal['runs']) == 2 and len(bitune['runs']) == 2
-    # causal: exact match 40, 50 -> mean 45, sample std sqrt((25 + 25) / 1); em_C 60, 90 -> 75, sqrt(450)
-    assert causal['exact_match']['mean'] == pytest.approx(45.0)
-    assert causal['exact_match']['std'] == pytest.approx(math.sqrt(50))
-    assert (causal['exact_match']['min'], causal['exact_match']['max']) == (40, 50)
-    assert causal['em_C']['mean'] == pytest.approx(75.0) and causal['em_C']['std'] == pytest.approx(math.sqrt(450))
-    assert bitune['exact_match'] == {'mean': 70, 'std': 0.0, 'min': 70, 'max': 70, 'values': [70, 70]}
-    assert 'val_loss' not in causal  # only task metrics are aggregated
-
-    # with all three causal seeds: 40, 50, 90 -> mean 60, sample std sqrt((400 + 100 + 900) / 2)
-    fake_log(causal3, [{'iter': 10, 'exact_match': 90.0, 'em_C': 30.0, 'elapsed_s': 1.0}])
-    arms = labs.aggregate(runs)
-    assert arms['causal']['exact_match']['std'] == pytest.approx(math.sqrt(700))
-    assert arms['causal']['em_C']['mean'] == pytest.approx(60.0)
-
-    labs.write_results(arms, str(tmp_path), 'tiny')
-    md = (tmp_path / 'results.md').read_text()
-    assert '| causal | 3 | 1.00x | 5 | 60.0 ± 26.5 (40.0..90.0) | 60.0 ± 30.0 (30.0..90.0) |' in md
-    assert '| bitune | 2 | 1.00x | 7 | 70.0 ± 0.0 (70.0..70.0) | 20.0 ± 0.0 (20.0..20.0) |' in md
+    lines = '\n'.join(labs.report.write_results(res, str(tmp_path)))
+    assert '## Equal compute' in lines and '## Equal steps: 10 iterations per arm' in lines
+    assert '| bitune | 1.50x | 10 | 7 | 52.0 ± 11.0 (41.0..63.0) | +12.0 [+9.5, +14.5] | 3/3 | helps | 26.0 |' in lines
+    assert '| causal | 1.00x | 15 | 7 | 40.0 ± 10.0 (30.0..50.0) | (baseline) |' in lines
+    assert '| causal | not reached |  | 1/3 |' in lines
     saved = json.loads((tmp_path / 'results.json').read_text())
-    assert saved['arms']['causal']['exact_match']['values'] == [40, 50, 90]
-    assert (tmp_path / 'results.png').stat().st_size > 0
-
-
-def test_cost_counts_bitune_token_forwards(monkeypatch):
-    from data import tasks
-    import train
-    from configurator import configure
-    # two examples: prompt 5 + answer 3, prompt 7 + answer 5 -> causal reads 8 + 12 = 20 tokens
-    fake = {'train': [{'prompt': [0] * 5, 'answer': [0] * 3}, {'prompt': [0] * 7, 'answer': [0] * 5}]}
-    monkeypatch.setattr(tasks, 'load_task', lambda *a, **k: fake)
-    cfg = configure(train.DEFAULTS, [labs.CONFIG])
-    assert labs.cost({**cfg, 'method': 'causal'}) == 1.0
-    # full: (P-1) + (P-1) + (A+1) = 4+4+4 and 6+6+6 -> 30 / 20
-    assert labs.cost({**cfg, 'method': 'bitune'}) == pytest.approx(1.5)
-    # naive has no causal prefix pass: 4+4 and 6+6 -> 20 / 20
-    assert labs.cost({**cfg, 'method': 'bitune', 'bitune_variant': 'naive'}) == pytest.approx(1.0)
-
-
-@pytest.mark.parametrize('argv, message', [
-    (['--lab=nope'], 'choose one of methods'),
-    (['--lab=methods', '--seed=3'], 'use --seeds'),
-    (['--lab=methods', '--seeds=1,x'], 'write e.g. --seeds=1,2,3'),
-    (['--lab=methods', '--max_iter=5'], 'did you mean max_iters'),  # a typo fails before any run starts
-])
-def test_bad_options_fail_before_any_run(argv, message, monkeypatch):
-    monkeypatch.setattr(labs, 'launch', lambda *a: pytest.fail('no run should start'))
-    with pytest.raises(ValueError, match=message):
-        labs.main(argv)
+    assert saved['arms']['bitune']['views']['compute']['vs_baseline']['verdict'] == 'helps'
+    assert (tmp_path / 'results.png').stat().st_size > 0 and (tmp_path / 'results_curves.png').stat().st_size > 0
 
 
 def test_a_tiny_lab_runs_skips_finished_runs_and_writes_results(tiny_lab, tmp_path, monkeypatch):
@@ -107,24 +204,29 @@ def test_a_tiny_lab_runs_skips_finished_runs_and_writes_results(tiny_lab, tmp_pa
     commands = []
 
     def train_here(cmd, env, **kw):
-        """`python train.py ...` in this process: starting four Pythons with torch takes longer than the runs."""
+        """`python train.py ...` in this process: starting six Pythons with torch takes longer than the runs."""
         commands.append(cmd)
         assert cmd[1] == 'train.py' and int(env['OMP_NUM_THREADS']) >= 1
         train.main(cmd[2:])
         return subprocess.CompletedProcess(cmd, 0)
     monkeypatch.setattr(labs.subprocess, 'run', train_here)
-    argv = [f'--lab={tiny_lab}', '--seeds=1,2', '--max_iters=2', f'--out_dir={tmp_path}', *TINY]
+    argv = [f'--lab={tiny_lab}', '--seeds=1,2', '--max_iters=2', '--evals=2', f'--out_dir={tmp_path}', *TINY]
     runs = labs.main(argv)
-    assert len(runs) == len(commands) == 4 and all(labs.finished(r) for r in runs)
+    # per seed: causal at 2 steps and at equal compute (3 steps), Bitune once
+    assert len(runs) == len(commands) == 6 and all(labs.finished(r) for r in runs)
     assert all(os.path.exists(os.path.join(r['out_dir'], 'train.txt')) for r in runs)
     results = json.loads((tmp_path / 'results.json').read_text())
     for arm in ('causal', 'bitune'):
-        a = results['arms'][arm]
-        finals = [labs.last_row(r['out_dir'])['exact_match'] for r in runs if r['arm'] == arm]
-        assert len(a['runs']) == 2 and a['exact_match']['values'] == finals
-        assert set(a) >= {'em_C', 'em_R', 'em_S', 'em_D'}
+        for view in ('steps', 'compute'):
+            v = results['arms'][arm]['views'][view]
+            finals = [labs.last_row(r['out_dir'])['exact_match'] for r in runs if r['arm'] == arm and view in r['views']]
+            assert len(v['runs']) == 2 and v['stats']['exact_match']['values'] == finals
+            assert set(v['stats']) >= {'em_C', 'em_R', 'em_S', 'em_D'}
+        assert len(results['arms'][arm]['curve']['tokens']['x']) == 3  # iteration 0 and two evaluations
+    assert results['arms']['causal']['views']['compute']['iters'] == 3
     assert results['arms']['bitune']['cost'] > 1.2  # the prompt prefix is read twice
-    assert (tmp_path / 'results.png').stat().st_size > 0 and '| causal | 2 |' in (tmp_path / 'results.md').read_text()
+    assert results['arms']['bitune']['views']['compute']['vs_baseline']['seeds'] == [1, 2]
+    assert '| causal | 1.00x | 2 |' in (tmp_path / 'results.md').read_text()
     # the same command again: nothing re-runs
     monkeypatch.setattr(labs, 'launch', lambda *a: pytest.fail('a finished run was started again'))
     labs.main(argv)
