@@ -184,7 +184,15 @@ def read_log(out_dir, name='log.jsonl'):
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:  # only a run killed mid-write leaves a broken line, and only the last
+                raise ValueError(f"{path}, line {i + 1}, is not JSON; delete that run's folder to run it again") from None
+    return rows
 
 
 def last_row(out_dir, name='log.jsonl'):
@@ -341,7 +349,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    from configurator import run_main
+    run_main(main, RuntimeError)  # bad options or failed runs: one line `error: ...` that says what to do

@@ -230,3 +230,11 @@ def test_a_tiny_lab_runs_skips_finished_runs_and_writes_results(tiny_lab, tmp_pa
     # the same command again: nothing re-runs
     monkeypatch.setattr(labs, 'launch', lambda *a: pytest.fail('a finished run was started again'))
     labs.main(argv)
+
+
+def test_a_log_cut_off_mid_write_reads_up_to_its_last_whole_row(tmp_path):
+    (tmp_path / 'log.jsonl').write_text('{"iter": 0}\n{"iter": 5}\n{"iter": 1')  # killed while writing row 3
+    assert labs.last_row(str(tmp_path)) == {'iter': 5}
+    (tmp_path / 'log.jsonl').write_text('{"iter": 0}\n{"it\n{"iter": 10}\n')      # damaged in the middle: refuse
+    with pytest.raises(ValueError, match='line 2, is not JSON'):
+        labs.read_log(str(tmp_path))
