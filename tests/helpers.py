@@ -3,9 +3,10 @@ import importlib.util
 import json
 import os
 
+import pytest
 import torch
 
-from utils import weights
+from utils import checkpoint, weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,3 +53,16 @@ def write_safetensors(path, tensors, metadata=None):
     with open(path + '.tmp', 'wb') as f:
         f.writelines([len(h).to_bytes(8, 'little'), h, *blobs])
     os.replace(path + '.tmp', path)  # atomic: never leave a half-written file under the real name
+
+
+def kill_after_first_checkpoint(monkeypatch, run):
+    """Call run() as if its process were killed right after writing its first checkpoint."""
+    real_save = checkpoint.save_checkpoint
+
+    def save_then_die(path, ckpt):
+        real_save(path, ckpt)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint, 'save_checkpoint', save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(checkpoint, 'save_checkpoint', real_save)

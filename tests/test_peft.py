@@ -9,7 +9,7 @@ import sample
 import train
 from bitune import Bitune
 from data.tasks import collate
-from helpers import randomize_adapters
+from helpers import kill_after_first_checkpoint, randomize_adapters
 from model import (KINDS, AdaptedLinear, adapted_layers, adapter, adapter_kinds, adapter_state_dict, add_adapters,
                    is_adapter_param, load_adapter_state_dict, mark_only_adapters_trainable, set_adapter)
 from utils import checkpoint
@@ -223,15 +223,7 @@ def test_bitune_trains_saves_adapters_only_and_resumes_with_each_kind(tmp_path, 
     args = TINY + ['--method=bitune', f'--peft={kind}', f'--init_from={base_ckpt}', '--max_iters=4',
                    '--eval_interval=2', '--learning_rate=3e-2']
     straight = train.main(args + [f'--out_dir={tmp_path / "straight"}'])
-    real_save = checkpoint.save_checkpoint
-
-    def save_then_die(path, ckpt):  # the process is killed right after its first checkpoint
-        real_save(path, ckpt)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(checkpoint, 'save_checkpoint', save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(args + [f'--out_dir={tmp_path / "killed"}'])
-    monkeypatch.setattr(checkpoint, 'save_checkpoint', real_save)
+    kill_after_first_checkpoint(monkeypatch, lambda: train.main(args + [f'--out_dir={tmp_path / "killed"}']))
     resumed = train.main(args + [f'--out_dir={tmp_path / "killed"}', '--init_from=resume'])
     assert resumed['train_loss'] == straight['train_loss'] and resumed['val_loss'] == straight['val_loss']
 

@@ -8,6 +8,7 @@ import torch
 from utils import checkpoint
 import sample
 import train
+from helpers import kill_after_first_checkpoint
 
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=16', '--eval_iters=2',
         '--eval_examples=16', '--toy_n_train=400', '--toy_n_val=40', '--toy_max_len=6', '--warmup_iters=5',
@@ -43,15 +44,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypa
     run(tmp_path, *args, name='straight')
     straight = read_log(str(tmp_path / 'straight'))
 
-    real_save = checkpoint.save_checkpoint
-
-    def save_then_die(path, ckpt):  # the process is killed right after its first checkpoint
-        real_save(path, ckpt)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(checkpoint, 'save_checkpoint', save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, *args, name='killed')
-    monkeypatch.setattr(checkpoint, 'save_checkpoint', real_save)
+    kill_after_first_checkpoint(monkeypatch, lambda: run(tmp_path, *args, name='killed'))
     run(tmp_path, *args, '--init_from=resume', name='killed')
     resumed = read_log(str(tmp_path / 'killed'))
     assert [r['iter'] for r in resumed] == [0, 4, 8]
