@@ -20,7 +20,13 @@ import types
 
 
 def configure(defaults, argv):
-    """Return a copy of `defaults` with the overrides in argv applied, in order."""
+    """Return a copy of `defaults` with the overrides in argv applied, in order.
+    --help (or -h) prints every setting with its default instead, and exits."""
+    if '--help' in argv or '-h' in argv:
+        print("settings (override with --key=value, or a config file of assignments, see config/):")
+        for key, value in defaults.items():
+            print(f"  --{key}={value!r}")
+        sys.exit(0)
     config = dict(defaults)
     for arg in argv:
         if not arg.startswith('--'):

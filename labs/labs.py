@@ -97,6 +97,9 @@ CONFIG = os.path.join(ROOT, 'config', 'lab_toy.py')
 
 def parse_args(argv):
     """labs.py's own options, and every other --key=value (passed on to every run)."""
+    if '--help' in argv or '-h' in argv:
+        print(__doc__.strip())
+        sys.exit(0)
     opts = {'lab': None, 'seeds': None, 'max_iters': None, 'out_dir': None, 'jobs': '1', 'quick': 'False',
             'baseline': None, 'target': None, 'evals': '5'}
     passthrough = []

@@ -29,3 +29,10 @@ def test_config_file_then_command_line(tmp_path):
 def test_bad_overrides_are_rejected_clearly(argv, message):
     with pytest.raises(ValueError, match=message):
         configure(DEFAULTS, argv)
+
+
+def test_help_lists_every_setting_and_exits(capsys):
+    with pytest.raises(SystemExit) as e:
+        configure(DEFAULTS, ['--max_iters=3', '--help'])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and all(f'--{k}=' in out for k in DEFAULTS) and "--method='causal'" in out
