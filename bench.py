@@ -37,10 +37,9 @@ import torch
 from bai import compute_loss
 from utils import distributed
 from utils.checkpoint import build_model
-from configurator import check_ranges, configure, run_main
+from configurator import check_ranges, configure, pick_device, run_main
 from model import KINDS, GPT, GPTConfig, adapted_layers, add_adapters, configure_optimizers, set_adapter
 from data.tasks import collate, collate_prompts
-from train import pick_device
 
 # -----------------------------------------------------------------------------
 # model

@@ -1,7 +1,8 @@
 """
 Command-line and config-file overrides for the plain globals of train.py,
-sample.py and bench.py, nanoGPT style, and the way every script reports a
-failure: one line that starts with `error:`.
+sample.py and bench.py, nanoGPT style; the checks of those settings
+(check_train_config, check_ranges, pick_device); and the way every script
+reports a failure: one line that starts with `error:` (run_main).
 
     python train.py config/lab_toy.py --max_iters=500 --method=causal
 
@@ -146,3 +147,46 @@ def check_ranges(config, ranges):
         for key in keys.split():
             if not RULES[rule](config[key]):
                 raise ValueError(f"{key}={config[key]!r}: must be {rule}")
+
+
+def check_train_config(c, defaults):
+    """train.py's settings c (a namespace): fail at start-up, with what to do, rather than deep inside a
+    run. Fills in out_dir's {braces}. defaults: train.py's DEFAULTS."""
+    from model import KINDS  # imported here: model.py needs torch, the rest of this file does not
+    try:
+        c.out_dir = c.out_dir.format(**vars(c))
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"out_dir={c.out_dir!r}: braces may only name settings, e.g. {{method}} ({e!r})") from None
+    choices = {'method': ('causal', 'bitune', 'bai', 'bitune_bai'), 'peft': ('none',) + KINDS,
+               'decay': ('cosine', 'linear', 'constant'), 'dtype': ('auto', 'float32', 'bfloat16', 'float16'), 'toy_op_position': ('after', 'before'),
+               'bai_loss': ('mse', 'cosine', 'ce'), 'bai_schedule': ('constant', 'linear', 'exp')}
+    for key, allowed in choices.items():
+        if getattr(c, key) not in allowed:
+            raise ValueError(f"{key}={getattr(c, key)!r}: choose one of {allowed}")
+    if c.peft == 'ia3' and c.lora_targets != defaults['lora_targets']:
+        raise ValueError("lora_targets does not apply to peft='ia3': IA3 always scales the keys, values and "
+                         "MLP activation of every block. Leave lora_targets at its default.")
+    check_ranges(vars(c), {
+        '>= 1': 'max_iters batch_size gradient_accumulation_steps eval_interval eval_iters eval_examples '
+                      'n_layer n_head n_embd block_size lora_r toy_n_train toy_n_val',
+        '>= 0': 'eval_max_new_tokens warmup_iters min_lr weight_decay grad_clip bai_lambda',
+        '> 0': 'learning_rate adam_eps lora_alpha bitune_theta_init',
+        'in [0, 1)': 'dropout lora_dropout beta1 beta2'})
+    if c.init_from == 'scratch' and c.n_embd % c.n_head:
+        raise ValueError(f"n_embd={c.n_embd} must be a multiple of n_head={c.n_head} (each head gets n_embd/n_head)")
+    if c.peft != 'ia3' and not set(c.lora_targets.split(',')) <= {'c_attn', 'c_proj', 'c_fc'}:
+        raise ValueError(f"lora_targets={c.lora_targets!r}: a comma-separated subset of c_attn,c_proj,c_fc")
+    if not c.out_dir:
+        raise ValueError("out_dir is empty; name a folder for the run")
+
+
+def pick_device(name):
+    """'auto' -> cuda, then mps, then cpu; any other name is checked (check_device)."""
+    import torch
+    if name != 'auto':
+        return check_device(name)
+    if torch.cuda.is_available():
+        return 'cuda'
+    if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
+        return 'mps'
+    return 'cpu'

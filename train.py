@@ -36,10 +36,10 @@ import bitune
 from utils import distributed
 from utils.checkpoint import (build_model, check_out_dir, model_from_checkpoint, restore_state, resume_config,
                               save_run, start_fresh, trim_log)
-from configurator import check_device, check_ranges, configure, run_main
+from configurator import check_train_config, configure, pick_device, run_main
 from utils.evaluate import evaluate_task
 from utils.plot import plot_run
-from model import KINDS, configure_optimizers, count_params
+from model import configure_optimizers, count_params
 from data.tasks import check_fits, collate, task_from_config
 
 # -----------------------------------------------------------------------------
@@ -108,50 +108,10 @@ seed = 1337
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items()
             if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
-METHODS = ('causal', 'bitune', 'bai', 'bitune_bai')
 
 
 class StopTraining(Exception):
     """The run cannot go on (e.g. the loss is no longer finite); the message says why and what to do."""
-
-
-def check_config(c):
-    """Fail at start-up, with what to do, rather than deep inside a run. Fills in out_dir's {braces}."""
-    try:
-        c.out_dir = c.out_dir.format(**vars(c))
-    except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(f"out_dir={c.out_dir!r}: braces may only name settings, e.g. {{method}} ({e!r})") from None
-    choices = {'method': METHODS, 'peft': ('none',) + KINDS, 'decay': ('cosine', 'linear', 'constant'),
-               'dtype': ('auto', 'float32', 'bfloat16', 'float16'), 'toy_op_position': ('after', 'before'),
-               'bai_loss': ('mse', 'cosine', 'ce'), 'bai_schedule': ('constant', 'linear', 'exp')}
-    for key, allowed in choices.items():
-        if getattr(c, key) not in allowed:
-            raise ValueError(f"{key}={getattr(c, key)!r}: choose one of {allowed}")
-    if c.peft == 'ia3' and c.lora_targets != DEFAULTS['lora_targets']:
-        raise ValueError("lora_targets does not apply to peft='ia3': IA3 always scales the keys, values and "
-                         "MLP activation of every block. Leave lora_targets at its default.")
-    check_ranges(vars(c), {
-        '>= 1': 'max_iters batch_size gradient_accumulation_steps eval_interval eval_iters eval_examples '
-                      'n_layer n_head n_embd block_size lora_r toy_n_train toy_n_val',
-        '>= 0': 'eval_max_new_tokens warmup_iters min_lr weight_decay grad_clip bai_lambda',
-        '> 0': 'learning_rate adam_eps lora_alpha bitune_theta_init',
-        'in [0, 1)': 'dropout lora_dropout beta1 beta2'})
-    if c.init_from == 'scratch' and c.n_embd % c.n_head:
-        raise ValueError(f"n_embd={c.n_embd} must be a multiple of n_head={c.n_head} (each head gets n_embd/n_head)")
-    if c.peft != 'ia3' and not set(c.lora_targets.split(',')) <= {'c_attn', 'c_proj', 'c_fc'}:
-        raise ValueError(f"lora_targets={c.lora_targets!r}: a comma-separated subset of c_attn,c_proj,c_fc")
-    if not c.out_dir:
-        raise ValueError("out_dir is empty; name a folder for the run")
-
-
-def pick_device(name):
-    if name != 'auto':
-        return check_device(name)
-    if torch.cuda.is_available():
-        return 'cuda'
-    if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
-        return 'mps'
-    return 'cpu'
 
 
 def not_finite(what, it, ckpt_path, saved):
@@ -246,7 +206,7 @@ def log_evaluation(path, model, c, evaluation, done, lr, bai_weight, recent, tok
 def main(argv=None):
     # ---- settings and device
     c = SimpleNamespace(**configure(DEFAULTS, sys.argv[1:] if argv is None else argv))
-    check_config(c)
+    check_train_config(c, DEFAULTS)
     check_out_dir(c.out_dir, c.init_from, c.overwrite)  # before any process of a torchrun run writes there
     rank, world, dev = distributed.setup(pick_device(c.device))  # (0, 1, device) without torchrun
     if c.batch_size < world:  # each process takes a slice of every micro-batch (they may differ by one)

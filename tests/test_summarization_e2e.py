@@ -15,7 +15,7 @@ from utils import checkpoint
 import sample
 import train
 from utils import weights
-from configurator import configure
+from configurator import check_train_config, configure
 from utils.evaluate import generate_answers
 from helpers import load_script, write_jsonl, write_safetensors
 from model import GPT, GPTConfig
@@ -136,12 +136,12 @@ def test_the_lab_configs_pass_the_checks_and_each_method_gets_its_own_out_dir():
         cfg = os.path.join(ROOT, 'config', f'{ds}_gpt2.py')
         for m in ('causal', 'bitune', 'bai'):
             c = SimpleNamespace(**configure(train.DEFAULTS, [cfg, f'--method={m}']))
-            train.check_config(c)
+            check_train_config(c, train.DEFAULTS)
             assert c.dataset == ds and c.method == m and c.out_dir == f'out-{ds}-gpt2-{m}'
             assert (c.init_from, c.peft, c.lora_r, c.adam_eps, c.decay) == ('gpt2', 'lora', 8, 1e-6, 'linear')
             assert c.warmup_iters * 10 == c.max_iters  # 10% warm-up
     tiny = configure(train.DEFAULTS, [os.path.join(ROOT, 'config', 'dialogsum_tiny_cpu.py')])
-    train.check_config(SimpleNamespace(**tiny))
+    check_train_config(SimpleNamespace(**tiny), train.DEFAULTS)
     assert (tiny['init_from'], tiny['peft'], tiny['dataset']) == ('scratch', 'none', 'dialogsum')
 
 
