@@ -5,6 +5,7 @@ The handouts (what each lab asks, how long it takes, what we measured) are in la
     python labs/labs.py --lab=methods --jobs=2           # causal vs Bitune vs BAI vs both, operation after the data
     python labs/labs.py --lab=op_before --jobs=2         # the same with the operation before the data
     python labs/labs.py --lab=bitune_ablations --jobs=2  # Bitune's six variants (arXiv 2405.14862, its ablation table)
+    python labs/labs.py --lab=mixing --jobs=2            # Bitune's learned vs fixed mixing, and theta_init
     python labs/labs.py --lab=bai_settings --jobs=2      # BAI's pivot layer and lambda (arXiv 2408.13959)
     python labs/labs.py --lab=finetune --jobs=2          # pretrain on copy, then LoRA vs Bitune-LoRA on the other ops
     python labs/labs.py --lab=methods --quick --jobs=2   # a small grid (QUICK below): minutes, not an hour
@@ -59,6 +60,13 @@ LABS = {
     'bitune_ablations': {'arms': {v: {'method': 'bitune', 'bitune_variant': v}
                                   for v in ('full', 'naive', 'no_mixing', 'only_causal', 'shared', 'fixed')},
                          'baseline': 'full'},
+    # Learned or fixed mixing? theta_init is both theta's start and the constant in alpha = |t| / (|t| + t0),
+    # so it sets how fast alpha can move away from 0.5 (Bitune's paper); every arm costs the same.
+    'mixing': {'arms': {'learned, theta_init 0.01': {'method': 'bitune'},
+                        'fixed alpha 0.5': {'method': 'bitune', 'bitune_variant': 'fixed'},
+                        'learned, theta_init 0.1': {'method': 'bitune', 'bitune_theta_init': 0.1},
+                        'learned, theta_init 0.001': {'method': 'bitune', 'bitune_theta_init': 0.001}},
+               'baseline': 'learned, theta_init 0.01'},
     # BAI one factor at a time: the pivot layer at lambda 1, then lambda at the final layer.
     # lambda = 0 is exactly the causal baseline (bai.compute_loss skips the loss), hence that arm.
     'bai_settings': {'arms': {

@@ -238,3 +238,12 @@ def test_a_log_cut_off_mid_write_reads_up_to_its_last_whole_row(tmp_path):
     (tmp_path / 'log.jsonl').write_text('{"iter": 0}\n{"it\n{"iter": 10}\n')      # damaged in the middle: refuse
     with pytest.raises(ValueError, match='line 2, is not JSON'):
         labs.read_log(str(tmp_path))
+
+
+def test_the_mixing_lab_varies_only_the_mixing_at_equal_cost(tmp_path):
+    opts, rest = labs.parse_args(['--lab=mixing', f'--out_dir={tmp_path}'])
+    runs = labs.plan(opts, rest)
+    assert len(runs) == 4 * 5 and {r['cfg']['max_iters'] for r in runs} == {500}  # same cost: one view serves both
+    cfg = {r['arm']: r['cfg'] for r in runs}
+    assert cfg['fixed alpha 0.5']['bitune_variant'] == 'fixed'
+    assert [cfg[f'learned, theta_init {t}']['bitune_theta_init'] for t in ('0.1', '0.01', '0.001')] == [0.1, 0.01, 0.001]
