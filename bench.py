@@ -1,7 +1,7 @@
 """
 Speed and memory of causal tuning, Bitune (arXiv 2405.14862) and BAI (arXiv 2408.13959) on this machine.
 
-    python bench.py                          # train.py's toy model; about 2 minutes on a 2-core CPU
+    python bench.py                          # train.py's toy model; one to two minutes on a 2-core CPU
     python bench.py --model=gpt2-shape       # GPT-2 124M's shape with random weights (nothing is downloaded)
     python bench.py --dtype=bfloat16 --compile=True --out=bench_gpu.json   # the same on a GPU
     python bench.py --quick=True             # one or two calls of everything: for tests, not for numbers
