@@ -7,7 +7,7 @@ The handouts (what each lab asks, how long it takes, what we measured) are in la
     python labs/labs.py --lab=bitune_ablations --jobs=2  # Bitune's six variants (arXiv 2405.14862, its ablation table)
     python labs/labs.py --lab=mixing --jobs=2            # Bitune's learned vs fixed mixing, and theta_init
     python labs/labs.py --lab=bai_settings --jobs=2      # BAI's pivot layer and lambda (arXiv 2408.13959)
-    python labs/labs.py --lab=finetune --jobs=2          # pretrain on copy, then LoRA vs Bitune-LoRA on the other ops
+    python labs/labs.py --lab=finetune --jobs=2          # pretrain on copy, then LoRA/DoRA/IA3, causal vs Bitune, on the other ops
     python labs/labs.py --lab=methods --quick --jobs=2   # a small grid (QUICK below): minutes, not an hour
     python labs/labs.py --lab=methods --seeds=1,2 --max_iters=100 --n_layer=2   # any other --key=value reaches every run
 
