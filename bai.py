@@ -19,6 +19,8 @@ published summary. Our choices, each a switch with its default:
   4. loss `kind`: 'mse' (default; the summary names a mean-square loss), 'cosine', 'ce'.
   5. the weight schedule Lambda(t): the paper has one with parameters eta, gamma,
      phi whose form we do not know; `schedule` offers constant / linear / exp.
+  6. with Bitune (train.py's bitune_bai), the pivots come from one of its prompt passes
+     (`bai_pivots`: 'A' bidirectional, the default, or 'B' causal), at layer `layer` of it.
 
 Use (train.py):   weight = bai_lambda * bai.schedule(it, ...)
                   loss, ce, l_bai = bai.compute_loss(model, batch, weight=weight)
@@ -107,8 +109,8 @@ def awareness_loss(E_hat, D, answer_tokens, answer_valid, kind='mse', lm_head=No
 
 
 def awareness_from_pivots(E, pivot_valid, batch, model, kind='mse', detach_target=True):
-    """Steps 2-4 from any pivots: the causal forward's prompt hiddens, or Bitune's
-    bidirectional prefix pass (aux['bidir_hidden'], aux['prefix_valid'])."""
+    """Steps 2-4 from any pivots: the causal forward's prompt hiddens, or one of Bitune's
+    prefix passes (aux['bidir_hidden'] or aux['causal_hidden'], with aux['prefix_valid'])."""
     tokens, answer_valid = answer_tokens(batch)
     D = model.transformer.wte(tokens)                    # (B, A, C)
     if detach_target:

@@ -95,8 +95,11 @@ class Bitune(nn.Module):
 
     # ------------------------------------------------------------------ training
 
-    def forward(self, batch):
-        """A right-padded batch from data.tasks.collate -> (loss, aux). Rows are gathered, never looped over."""
+    def forward(self, batch, hidden_layer=-1):
+        """A right-padded batch from data.tasks.collate -> (loss, aux). Rows are gathered, never looped over.
+        aux also holds both prefix passes' hidden states at hidden_layer (-1: after ln_f, else after that
+        block), for a loss on them such as BAI's: 'bidir_hidden' from Pass A, 'causal_hidden' from Pass B
+        (None in variants without Pass B), each (B, max(P)-1, C), real where 'prefix_valid'."""
         idx, pos, targets = batch['idx'], batch['pos'], batch['targets']
         P, A = batch['prompt_len'], batch['answer_len']  # (B,) each
         if int(P.min()) < 2:
@@ -107,7 +110,7 @@ class Bitune(nn.Module):
         Tp = int(P.max()) - 1
         prefix_valid = torch.arange(Tp, device=idx.device)[None] < (P - 1)[:, None]  # (B, Tp)
         # 2-4. Pass A (bidirectional), Pass B (causal), and their K/V mixed per layer
-        kv, hidden = self.read_prefix(idx[:, :Tp], pos[:, :Tp], prefix_valid)
+        kv, hidden_a, hidden_b = self.read_prefix(idx[:, :Tp], pos[:, :Tp], prefix_valid, hidden_layer)
         # 5. Pass C reads x[P_i-1 : N_i-1] of row i: gather those columns, left-aligned to width max(A)
         Tc = int(A.max())
         t = torch.arange(Tc, device=idx.device)[None]                # (1, Tc)
@@ -120,28 +123,30 @@ class Bitune(nn.Module):
                                       torch.cat([prefix_valid, answer_valid], 1), kv, tgt)
         # 7. backward (in train.py) flows through all three passes into both adapters and every theta:
         # both adapters stay trainable, each pass only chooses which one is active.
-        # Pass A's hidden states are returned so BAI can take its pivots from the bidirectional reading.
+        # The prefix passes' hidden states are returned so that BAI can take its pivots from either reading.
         return loss, {'logits': logits, 'targets': tgt, 'answer_valid': answer_valid,
-                      'bidir_hidden': hidden, 'prefix_valid': prefix_valid}
+                      'bidir_hidden': hidden_a, 'causal_hidden': hidden_b, 'prefix_valid': prefix_valid}
 
     # ------------------------------------------------------------------ reading the prefix (steps 2-4)
 
-    def pass_a(self, prefix, pos, valid):
+    def pass_a(self, prefix, pos, valid, hidden_layer=-1):
         """Pass A: the prefix with no causal mask (padding keys still masked), 'bidir' adapter.
-        Returns every layer's (K, V) and the hidden states after ln_f. Its logits are unused, and
-        since only its K/V reach the answer, the last block's attention output and MLP adapters get
-        no gradient from this pass."""
+        Returns every layer's (K, V) and the hidden states at hidden_layer (as GPT.forward). Its logits
+        are unused, and since only its K/V reach the answer, the last block's attention output and MLP
+        adapters get no gradient from this pass (unless a loss on its hidden states sends them one)."""
         with adapter(self.gpt, self.a_adapter):
-            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn=self.a_attn, return_kv=True, hidden_layer=-1,
-                                 return_logits=False)  # its logits are never used: skip lm_head
+            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn=self.a_attn, return_kv=True,
+                                 hidden_layer=hidden_layer, return_logits=False)  # its logits are never used
         return aux['kv'], aux['hidden']
 
-    def pass_b(self, prefix, pos, valid):
+    def pass_b(self, prefix, pos, valid, hidden_layer=-1):
         """Pass B: the same prefix and positions, the ordinary causal mask, 'causal' adapter.
-        Independent of Pass A: nothing mixed is fed back into either pass."""
+        Independent of Pass A: nothing mixed is fed back into either pass. Returns (K, V) per layer
+        and the hidden states at hidden_layer."""
         with adapter(self.gpt, self.causal_adapter):
-            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn='causal', return_kv=True, return_logits=False)
-        return aux['kv']
+            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn='causal', return_kv=True,
+                                 hidden_layer=hidden_layer, return_logits=False)
+        return aux['kv'], aux['hidden']
 
     def alpha(self):
         """Per-layer weights of the bidirectional side, (alpha_k, alpha_v), each (L,) float32."""
@@ -163,12 +168,14 @@ class Bitune(nn.Module):
             mixed.append((k.to(k_b.dtype), v.to(v_b.dtype)))        # each (B, nh, prefix_len, hs)
         return mixed
 
-    def read_prefix(self, prefix, pos, valid):
-        """Pass A, Pass B and the mix: returns the mixed K/V per layer and Pass A's final hidden states."""
-        kv_a, hidden = self.pass_a(prefix, pos, valid)
+    def read_prefix(self, prefix, pos, valid, hidden_layer=-1):
+        """Pass A, Pass B and the mix: returns the mixed K/V per layer and the hidden states at
+        hidden_layer of Pass A and of Pass B (None without Pass B)."""
+        kv_a, hidden_a = self.pass_a(prefix, pos, valid, hidden_layer)
         if not self.has_pass_b:
-            return kv_a, hidden  # 'naive' and 'no_mixing': the answer reads Pass A's K/V directly
-        return self.mix(kv_a, self.pass_b(prefix, pos, valid)), hidden
+            return kv_a, hidden_a, None  # 'naive' and 'no_mixing': the answer reads Pass A's K/V directly
+        kv_b, hidden_b = self.pass_b(prefix, pos, valid, hidden_layer)
+        return self.mix(kv_a, kv_b), hidden_a, hidden_b
 
     def pass_c(self, tokens, pos, valid, kv, targets=None):
         """Pass C: last prompt token + answer, 'causal' adapter, attending causally to
@@ -184,7 +191,7 @@ class Bitune(nn.Module):
         if idx.size(1) < 2 or int(valid.sum(1).min()) < 2:
             raise ValueError("Bitune needs prompts of at least 2 tokens (the prefix is the prompt minus "
                              "its last token); add a BOS or template token")
-        kv, _ = self.read_prefix(idx[:, :-1], pos[:, :-1], valid[:, :-1])
+        kv, _, _ = self.read_prefix(idx[:, :-1], pos[:, :-1], valid[:, :-1])
         logits, _, aux = self.pass_c(idx[:, -1:], pos[:, -1:], valid, kv)
         return logits[:, -1], aux['kv']
 

@@ -152,17 +152,23 @@ def check_ranges(config, ranges):
 def check_train_config(c, defaults):
     """train.py's settings c (a namespace): fail at start-up, with what to do, rather than deep inside a
     run. Fills in out_dir's {braces}. defaults: train.py's DEFAULTS."""
-    from model import KINDS  # imported here: model.py needs torch, the rest of this file does not
+    from bitune import VARIANTS  # imported here: these need torch, the rest of this file does not
+    from model import KINDS
     try:
         c.out_dir = c.out_dir.format(**vars(c))
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"out_dir={c.out_dir!r}: braces may only name settings, e.g. {{method}} ({e!r})") from None
     choices = {'method': ('causal', 'bitune', 'bai', 'bitune_bai'), 'peft': ('none',) + KINDS,
                'decay': ('cosine', 'linear', 'constant'), 'dtype': ('auto', 'float32', 'bfloat16', 'float16'), 'toy_op_position': ('after', 'before'),
-               'bai_loss': ('mse', 'cosine', 'ce'), 'bai_schedule': ('constant', 'linear', 'exp')}
+               'bai_loss': ('mse', 'cosine', 'ce'), 'bai_schedule': ('constant', 'linear', 'exp'),
+               'bai_pivots': ('A', 'B'), 'bitune_variant': tuple(VARIANTS)}
     for key, allowed in choices.items():
         if getattr(c, key) not in allowed:
             raise ValueError(f"{key}={getattr(c, key)!r}: choose one of {allowed}")
+    if c.method == 'bitune_bai' and c.bai_pivots == 'B' and not VARIANTS[c.bitune_variant][2]:
+        raise ValueError(f"bai_pivots='B' takes the pivots from Bitune's causal Pass B, which variant "
+                         f"{c.bitune_variant!r} does not have (it reads the prompt once, in Pass A); "
+                         f"use bai_pivots='A' or a variant with Pass B")
     if c.peft == 'ia3' and c.lora_targets != defaults['lora_targets']:
         raise ValueError("lora_targets does not apply to peft='ia3': IA3 always scales the keys, values and "
                          "MLP activation of every block. Leave lora_targets at its default.")

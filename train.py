@@ -6,7 +6,7 @@ Train a model on prompt -> answer examples, with one of three methods:
           causally and bidirectionally, and the two K/V caches are mixed (bitune.py)
   bai     Bidirectional Awareness Induction (Hu et al., arXiv 2408.13959): an extra
           training loss on the prompt's hidden states (bai.py)
-  bitune_bai  both: Bitune, plus the BAI loss on its bidirectional pass's states
+  bitune_bai  both: Bitune, plus the BAI loss on the states of one of its prompt passes
 
     python train.py                                   # Bitune on the toy task, a few minutes on a CPU
     python train.py --method=causal                   # the baseline, same budget
@@ -73,6 +73,7 @@ bai_gamma = 0.5
 bai_phi = 1000.0
 bai_layer = -1           # pivot layer: -1 = final hidden state (after ln_f), else a block index
 bai_loss = 'mse'         # 'mse' | 'cosine' | 'ce'
+bai_pivots = 'A'         # bitune_bai only: pivots from Bitune's bidirectional Pass 'A' or its causal Pass 'B'
 bai_detach_target = True
 # model (ignored when init_from loads a model)
 n_layer = 4
@@ -154,12 +155,14 @@ def batch_loss(model, gpt, batch, c, bai_weight):
         if aware is not None:  # None when the weight is 0: the step is then exactly the causal baseline
             numbers['bai_loss'] = aware.item()
         return total, numbers
-    loss, aux = model(batch)  # Bitune: two prompt passes, the mix, the answer pass
-    if c.method == 'bitune_bai':
-        aware = bai.awareness_from_pivots(aux['bidir_hidden'], aux['prefix_valid'], batch, gpt, kind=c.bai_loss,
-                                          detach_target=c.bai_detach_target)
-        return loss + bai_weight * aware, {'ce_loss': loss.item(), 'bai_loss': aware.item()}
-    return loss, {'ce_loss': loss.item()}
+    if c.method == 'bitune':
+        loss, _ = model(batch)  # Bitune: two prompt passes, the mix, the answer pass
+        return loss, {'ce_loss': loss.item()}
+    loss, aux = model(batch, hidden_layer=c.bai_layer)  # bitune_bai: the same, and the pivot layer's states
+    E = aux['bidir_hidden' if c.bai_pivots == 'A' else 'causal_hidden']  # the prefix, read by Pass A or B
+    aware = bai.awareness_from_pivots(E, aux['prefix_valid'], batch, gpt, kind=c.bai_loss,
+                                      detach_target=c.bai_detach_target)
+    return loss + bai_weight * aware, {'ce_loss': loss.item(), 'bai_loss': aware.item()}
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ The handouts (what each lab asks, how long it takes, what we measured) are in la
     python labs/labs.py --lab=bitune_ablations --jobs=2  # Bitune's six variants (arXiv 2405.14862, its ablation table)
     python labs/labs.py --lab=mixing --jobs=2            # Bitune's learned vs fixed mixing, and theta_init
     python labs/labs.py --lab=bai_settings --jobs=2      # BAI's pivot layer and lambda (arXiv 2408.13959)
+    python labs/labs.py --lab=bitune_bai --jobs=2        # Bitune + BAI: pivots from Pass A or B, a layer, the loss
     python labs/labs.py --lab=finetune --jobs=2          # pretrain on copy, then LoRA/DoRA/IA3, causal vs Bitune, on the other ops
     python labs/labs.py --lab=methods --quick --jobs=2   # a small grid (QUICK below): minutes, not an hour
     python labs/labs.py --lab=methods --seeds=1,2 --max_iters=100 --n_layer=2   # any other --key=value reaches every run
@@ -75,6 +76,14 @@ LABS = {
         'layer -1, lambda 0.1': {'method': 'bai', 'bai_lambda': 0.1},
         'layer -1, lambda 3': {'method': 'bai', 'bai_lambda': 3.0}},
         'baseline': 'causal (lambda 0)'},
+    # Why does Bitune + BAI lose to Bitune? One change at a time to where its pivots come from
+    # (train.py's bai_pivots and bai_layer) and to the loss that compares them with the answer.
+    'bitune_bai': {'arms': {'bitune': {'method': 'bitune'},
+                            'bitune_bai (A, ln_f, mse)': {'method': 'bitune_bai'},
+                            'cosine': {'method': 'bitune_bai', 'bai_loss': 'cosine'},
+                            'layer 2': {'method': 'bitune_bai', 'bai_layer': 2},
+                            'pass B': {'method': 'bitune_bai', 'bai_pivots': 'B'}},
+                   'baseline': 'bitune'},
     # The papers' setting in miniature: a base that knows the format (fully trained on copy only),
     # then parameter-efficient tuning on new operations. LoRA usually wants a higher learning rate.
     # Bitune trains two rank-8 adapters; a rank-16 causal LoRA has as many parameters, so it is the

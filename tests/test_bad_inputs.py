@@ -334,7 +334,7 @@ def test_1_bitune_is_refused_exactly_when_pass_a_cannot_change_the_mixed_kv(vari
             prefix, pos, valid = batch['idx'][:, :4], batch['pos'][:, :4], batch['valid'][:, :4]
             with torch.no_grad():
                 kv_a, _ = bt.pass_a(prefix, pos, valid)
-                kv_b = bt.pass_b(prefix, pos, valid)
+                kv_b, _ = bt.pass_b(prefix, pos, valid)
             real = valid[:, None, :, None]  # (B, 1, T, 1): padding keys are never read, so they may differ
             differs = any(not torch.allclose(a[real.expand_as(a)], b[real.expand_as(b)])
                           for layer_a, layer_b in zip(kv_a, kv_b) for a, b in zip(layer_a, layer_b))

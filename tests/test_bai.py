@@ -215,3 +215,50 @@ def test_awareness_from_other_pivots_matches_and_checks_empty_prefixes(tiny_gpt)
     empty[1] = False  # e.g. a 1-token prompt has an empty Bitune prefix
     with pytest.raises(ValueError, match='no valid pivot'):
         bai.awareness_from_pivots(E, empty, batch, model)
+
+
+# ----------------------------------------------------------------------------- Bitune + BAI (train.batch_loss)
+
+def bitune_bai_loss(tiny_gpt, batch, **settings):
+    """train.batch_loss of method 'bitune_bai' on a tiny LoRA Bitune (the same weights every call)."""
+    from types import SimpleNamespace
+    import train
+    from bitune import Bitune
+    from helpers import randomize_adapters
+    from model import add_adapters
+    gpt = add_adapters(tiny_gpt(), names=('causal', 'bidir'), r=4, alpha=4)
+    randomize_adapters(gpt)
+    c = SimpleNamespace(**{**train.DEFAULTS, 'method': 'bitune_bai', **settings})
+    with torch.no_grad():
+        total, numbers = train.batch_loss(Bitune(gpt), gpt, batch, c, 1.0)
+    return total, numbers, gpt
+
+
+def pivots_the_long_way(gpt, batch, adapter_name, attn, layer):
+    """The prefix (the prompt minus its last token) read by one pass, at one layer, as plain GPT.forward."""
+    from model import adapter
+    P = batch['prompt_len']
+    Tp = int(P.max()) - 1
+    valid = torch.arange(Tp)[None] < (P - 1)[:, None]
+    with torch.no_grad(), adapter(gpt, adapter_name):
+        _, _, aux = gpt(batch['idx'][:, :Tp], pos=batch['pos'][:, :Tp], valid=valid, attn=attn, hidden_layer=layer)
+    return aux['hidden'], valid
+
+
+@pytest.mark.parametrize('settings, adapter_name, attn, layer', [
+    ({}, 'bidir', 'bidir', -1),                                      # the default: Pass A after ln_f
+    ({'bai_layer': 0}, 'bidir', 'bidir', 0),                         # Pass A, after block 0
+    ({'bai_pivots': 'B'}, 'causal', 'causal', -1),                   # Pass B: causal mask, causal adapter
+    ({'bai_pivots': 'B', 'bai_layer': 0, 'bai_loss': 'cosine'}, 'causal', 'causal', 0),
+])
+def test_bitune_bai_takes_its_pivots_from_the_chosen_pass_and_layer(tiny_gpt, settings, adapter_name, attn, layer):
+    batch = make_batch(make_examples())
+    total, numbers, gpt = bitune_bai_loss(tiny_gpt, batch, **settings)
+    E, valid = pivots_the_long_way(gpt, batch, adapter_name, attn, layer)
+    with torch.no_grad():
+        want = bai.awareness_from_pivots(E, valid, batch, gpt, kind=settings.get('bai_loss', 'mse'))
+    assert numbers['bai_loss'] == want.item()  # exactly: the default ({}) is the same loss as before the switches
+    assert total.item() == pytest.approx(numbers['ce_loss'] + want.item(), abs=1e-6)
+    if settings:  # each switch changes the pivots, and so the loss
+        assert abs(total.item() - bitune_bai_loss(tiny_gpt, batch)[0].item()) > 1e-4
+

@@ -79,7 +79,7 @@ def test_pass_a_is_bidirectional_pass_b_causal_and_neither_sees_padding(tiny_gpt
     kv_a2, h2 = bt.pass_a(changed, pos, valid)
     assert not torch.allclose(kv_a[1][0][1, :, 0], kv_a2[1][0][1, :, 0], atol=1e-5)  # K at position 0 changed
     assert not torch.allclose(h[1, 0], h2[1, 0], atol=1e-5)
-    kv_b, kv_b2 = bt.pass_b(prefix, pos, valid), bt.pass_b(changed, pos, valid)
+    kv_b, kv_b2 = bt.pass_b(prefix, pos, valid)[0], bt.pass_b(changed, pos, valid)[0]
     for layer in range(2):
         for j in range(2):  # K and V
             assert torch.allclose(kv_b[layer][j][1, :, :3], kv_b2[layer][j][1, :, :3], atol=1e-6)
@@ -87,9 +87,8 @@ def test_pass_a_is_bidirectional_pass_b_causal_and_neither_sees_padding(tiny_gpt
     padded = prefix.clone()
     padded[1, 4:] = (padded[1, 4:] + 5) % V
     for run in (bt.pass_a, bt.pass_b):
-        out, out2 = run(prefix, pos, valid), run(padded, pos, valid)
-        out, out2 = (out[0], out2[0]) if isinstance(out, tuple) else (out, out2)
-        assert torch.allclose(out[1][1][1, :, :4], out2[1][1][1, :, :4], atol=1e-6)
+        (kv, _), (kv2, _) = run(prefix, pos, valid), run(padded, pos, valid)
+        assert torch.allclose(kv[1][1][1, :, :4], kv2[1][1][1, :, :4], atol=1e-6)
 
 
 def test_answer_never_sees_its_future_nor_padding(tiny_gpt):
@@ -282,3 +281,28 @@ def test_state_dict_round_trip_keeps_thetas_and_both_adapters(tiny_gpt, tmp_path
     batch = make_batch(rand_examples(LENGTHS))
     assert torch.equal(bt(batch)[1]['logits'], other(batch)[1]['logits'])
     assert other.alphas() == bt.alphas()
+
+
+@pytest.mark.parametrize('variant', ['full', 'shared', 'no_mixing'])
+@pytest.mark.parametrize('layer', [-1, 0])
+def test_prefix_passes_return_the_hidden_states_gpt_forward_gives_at_that_layer(tiny_gpt, variant, layer):
+    """What a loss on the prompt's states (BAI's pivots) reads: each prefix pass at hidden_layer, with the
+    pass's own mask and adapter, exactly as GPT.forward computes them; the answer's loss does not change."""
+    from model import adapter
+    bt = lora_bitune(tiny_gpt, variant, thetas=THETAS)
+    batch = make_batch(rand_examples(LENGTHS))
+    with torch.no_grad():
+        loss, aux = bt(batch, hidden_layer=layer)
+        Tp = aux['prefix_valid'].size(1)
+        prefix, pos = batch['idx'][:, :Tp], batch['pos'][:, :Tp]
+        passes = {'bidir_hidden': (bt.a_adapter, bt.a_attn), 'causal_hidden': ('causal', 'causal')}
+        for key, (name, attn) in passes.items():
+            if key == 'causal_hidden' and not VARIANTS[variant][2]:
+                assert aux[key] is None  # no Pass B, no causal reading of the prefix
+                continue
+            with adapter(bt.gpt, name):
+                _, _, want = bt.gpt(prefix, pos=pos, valid=aux['prefix_valid'], attn=attn, hidden_layer=layer)
+            assert torch.equal(aux[key], want['hidden']), key
+        assert torch.equal(loss, bt(batch)[0])
+        if layer != -1:  # an inner layer is not the state after ln_f
+            assert not torch.allclose(aux['bidir_hidden'], bt(batch)[1]['bidir_hidden'], atol=1e-3)

@@ -87,6 +87,24 @@ def test_ablation_variants_without_pass_b_get_the_longer_runs(tmp_path):
     assert len(iters) == 8
 
 
+def test_bitune_bai_lab_varies_one_pivot_setting_per_arm_at_bitunes_cost(tmp_path):
+    from types import SimpleNamespace
+    from configurator import check_train_config
+    import train
+    opts, rest = labs.parse_args(['--lab=bitune_bai', '--seeds=1', f'--out_dir={tmp_path}'])
+    runs = {r['arm']: r for r in labs.plan(opts, rest)}
+    assert opts['baseline'] == 'bitune' and len(runs) == 5  # every arm reads as much as Bitune: one run each
+    assert all(r['views'] == ('steps', 'compute') and r['cfg']['max_iters'] == 500 for r in runs.values())
+    changed = {arm: {k: r['cfg'][k] for k in ('method', 'bai_pivots', 'bai_layer', 'bai_loss')
+                     if r['cfg'][k] != train.DEFAULTS[k]} for arm, r in runs.items()}
+    assert changed == {'bitune': {}, 'bitune_bai (A, ln_f, mse)': {'method': 'bitune_bai'},
+                       'cosine': {'method': 'bitune_bai', 'bai_loss': 'cosine'},
+                       'layer 2': {'method': 'bitune_bai', 'bai_layer': 2},
+                       'pass B': {'method': 'bitune_bai', 'bai_pivots': 'B'}}
+    for r in runs.values():  # train.py accepts every arm
+        check_train_config(SimpleNamespace(**r['cfg']), train.DEFAULTS)
+
+
 def test_quick_plans_a_small_grid(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     opts, rest = labs.parse_args(['--lab=bitune_ablations', '--quick'])
@@ -102,6 +120,8 @@ def test_quick_plans_a_small_grid(tmp_path, monkeypatch):
     assert len(labs.plan(opts, rest)) == 6
     opts, rest = labs.parse_args(['--lab=bai_settings', '--seeds=1'])
     assert 'layer 2, lambda 1' in {r['arm'] for r in labs.plan(opts, rest)}
+    opts, rest = labs.parse_args(['--lab=bitune_bai', '--quick', '--seeds=1'])
+    assert 'layer 2' not in {r['arm'] for r in labs.plan(opts, rest)} and opts['baseline'] == 'bitune'
     # your own settings still win
     opts, rest = labs.parse_args(['--lab=methods', '--quick', '--seeds=4,5', '--n_layer=1', '--max_iters=50'])
     runs = labs.plan(opts, rest)

@@ -98,6 +98,11 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path,
     (['--max_iter=5'], "did you mean max_iters"),
     (['--init_from=resume'], "no checkpoint at"),
     (['--out_dir=out-{methd}'], "braces may only name settings"),
+    (['--method=bitune_bai', '--bai_pivots=C'], "bai_pivots='C': choose one of"),
+    (['--bitune_variant=halfway'], "bitune_variant='halfway': choose one of"),
+    # variants that read the prompt once have no causal Pass B to take pivots from
+    (['--method=bitune_bai', '--bai_pivots=B', '--bitune_variant=naive'], "variant 'naive' does not have"),
+    (['--method=bitune_bai', '--bai_pivots=B', '--bitune_variant=no_mixing'], "variant 'no_mixing' does not have"),
 ])
 def test_bad_configuration_fails_at_start_up(tmp_path, args, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):

@@ -78,9 +78,9 @@ def wrap(model, loss_fn, device, unused_parameters):
     the 'bidir' adapter at all. For such models (unused_parameters=True) we pass
     find_unused_parameters=True: after each forward, DDP walks back through the autograd graph
     from what forward returned and marks every parameter it does not meet as done. LossOf makes
-    that walk start from the loss alone (Bitune's forward also returns Pass A's hidden states,
-    which do depend on those adapters), and hands loss_fn the model itself, whose attributes DDP
-    would hide (BAI reads the embeddings). The walk costs time on every forward, so the other
+    that walk start from the loss alone (Bitune's forward also returns its prompt passes' hidden
+    states, which do depend on those adapters), and hands loss_fn the model itself, whose
+    attributes DDP would hide (BAI reads the embeddings). The walk costs time on every forward, so the other
     methods, whose every trainable parameter reaches the loss, go without it (and DDP reports it
     clearly if one does not).
     """
