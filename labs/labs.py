@@ -274,12 +274,7 @@ def train_lengths(cfg):
     from data import tasks
     key = tuple(sorted((k, v) for k, v in cfg.items() if k.startswith('toy_') or k in ('dataset', 'data_dir')))
     if key not in _LENGTHS:
-        if cfg['dataset'] == 'toy':
-            task = tasks.load_task('toy', seed=cfg['toy_seed'], n_train=cfg['toy_n_train'], n_val=cfg['toy_n_val'],
-                                   ops=cfg['toy_ops'], min_len=cfg['toy_min_len'], max_len=cfg['toy_max_len'],
-                                   n_symbols=cfg['toy_n_symbols'], op_position=cfg['toy_op_position'])
-        else:
-            task = tasks.load_task(cfg['dataset'], data_dir=cfg['data_dir'])
+        task = tasks.task_from_config(cfg)  # the same task train.py builds from these settings
         _LENGTHS[key] = [(len(ex['prompt']), len(ex['answer'])) for ex in task['train']]
     return _LENGTHS[key]
 
