@@ -53,6 +53,8 @@ def tables(res):
                 continue
             secs = sum(r['elapsed_s'] for r in v['runs']) / len(v['runs'])
             cells = versus(v['vs_baseline']) if 'vs_baseline' in v else ['(baseline)', '', '']
+            if v.get('vs_baseline', {}).get('arm', base) != base:  # a lab's 'versus': another reference arm
+                cells[0] += f" vs {v['vs_baseline']['arm']}"
             cells += [f"{v['stats'][k]['mean']:.1f}" if k in v['stats'] else '' for k in ops]
             lines.append(f"| {name} | {a['cost']:.2f}x | {v['iters']} | {secs:.0f} | {pm(v['stats'][metric])} | "
                          f"{' | '.join(cells)} |")

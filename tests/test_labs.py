@@ -82,9 +82,41 @@ def test_equal_compute_gives_cheaper_arms_more_iterations_in_the_cost_ratio(tmp_
 def test_ablation_variants_without_pass_b_get_the_longer_runs(tmp_path):
     opts, rest = labs.parse_args(['--lab=bitune_ablations', '--seeds=1', f'--out_dir={tmp_path}'])
     iters = {(r['arm'], r['views']): r['cfg']['max_iters'] for r in labs.plan(opts, rest)}
-    assert iters['full', ('steps', 'compute')] == iters['fixed', ('steps', 'compute')] == 500
+    assert iters['full', ('steps', 'compute')] == iters['shared', ('steps', 'compute')] == 500
     assert iters['naive', ('compute',)] == iters['no_mixing', ('compute',)] > 700  # one prompt pass, not two
-    assert len(iters) == 8
+    assert len(iters) == 7
+
+
+def test_finetune_lab_tunes_every_adapter_kind_from_a_longer_base_each_bitune_arm_against_its_kind(tmp_path):
+    from types import SimpleNamespace
+    from configurator import check_train_config
+    import train
+    opts, rest = labs.parse_args(['--lab=finetune', '--seeds=1,2', f'--out_dir={tmp_path}'])
+    runs = labs.plan(opts, rest)
+    bases = [r for r in runs if r['arm'] == 'base']
+    assert [(r['stage'], r['cfg']['max_iters'], r['cfg']['peft'], r['cfg']['toy_ops']) for r in bases] == \
+        [(0, 500, 'none', 'C')] * 2
+    tuned = {(r['arm'], r['seed'], r['views']): r for r in runs if r['arm'] != 'base'}
+    # the arms fine-tune from their own seed's base at the lab's 300 steps; causal arms also at equal compute
+    assert tuned['dora_bitune', 2, ('steps', 'compute')]['cfg']['init_from'] == os.path.join(bases[1]['out_dir'], 'ckpt.pt')
+    assert tuned['ia3_causal', 1, ('steps',)]['cfg']['max_iters'] == 300
+    assert tuned['ia3_causal', 1, ('compute',)]['cfg']['max_iters'] > 400
+    assert {(r['cfg']['peft'], r['cfg']['lora_r']) for (arm, *_), r in tuned.items() if arm.endswith('r16')} == \
+        {('lora', 16), ('dora', 16)}
+    for r in runs:  # train.py accepts every run
+        check_train_config(SimpleNamespace(**r['cfg']), train.DEFAULTS)
+    # each Bitune arm is paired with the causal arm of its own kind; the others with the lab's baseline
+    for r in runs:
+        if r['arm'] != 'base':
+            em = 50.0 + 10 * r['seed'] + (20 if r['arm'] == 'ia3_bitune' else 0) - (30 if r['arm'] == 'ia3_causal' else 0)
+            fake_log(r, [{'iter': r['cfg']['max_iters'], 'exact_match': em, 'elapsed_s': 1.0}])
+    res = labs.aggregate(runs, opts)
+    ia3 = res['arms']['ia3_bitune']['views']['steps']['vs_baseline']
+    assert ia3['arm'] == 'ia3_causal' and ia3['diffs'] == [50, 50]
+    assert res['arms']['ia3_causal']['views']['steps']['vs_baseline']['arm'] == 'lora_causal_r16'
+    assert res['arms']['lora_bitune']['views']['steps']['vs_baseline']['diffs'] == [0, 0]
+    lines = labs.report.tables(res)
+    assert any(line.startswith('| ia3_bitune |') and '] vs ia3_causal |' in line for line in lines)
 
 
 def test_bitune_bai_lab_varies_one_pivot_setting_per_arm_at_bitunes_cost(tmp_path):
@@ -110,7 +142,7 @@ def test_quick_plans_a_small_grid(tmp_path, monkeypatch):
     opts, rest = labs.parse_args(['--lab=bitune_ablations', '--quick'])
     runs = labs.plan(opts, rest)
     assert opts['seeds'] == [1, 2, 3] and opts['out_dir'].endswith(os.path.join('runs', 'bitune_ablations_quick'))
-    assert len(runs) == 3 * 8 and opts['target'] == 50
+    assert len(runs) == 3 * 7 and opts['target'] == 50
     assert all(r['cfg']['n_layer'] == 2 and r['cfg']['n_embd'] == 64 and r['cfg']['toy_max_len'] == 8 and
                r['cfg']['max_iters'] <= 2 * int(labs.QUICK['max_iters']) for r in runs)
     assert max(r['cfg']['max_iters'] for r in runs) > int(labs.QUICK['max_iters'])  # equal compute holds here too
