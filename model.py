@@ -397,7 +397,8 @@ class GPT(nn.Module):
         attn 'causal' or 'bidir'. past_kv: per layer (k, v), each (B, nh, past_len, hs).
         return_kv: also return every layer's (k, v) for past + current tokens, with
         their autograd graph. hidden_layer: also return the hidden state after block
-        i, or after the final LayerNorm for -1. return_logits=False returns no logits: a pass
+        i (0..n_layer-1), after the final LayerNorm for -1, or counted back from there for
+        -2..-n_layer: -2 is the block before the last (n_layer - 2). return_logits=False returns no logits: a pass
         that only needs K/V or hidden states skips lm_head, and with targets lm_head runs only
         where a target is scored (the same loss, without a (T x vocab) matmul over the prompt).
         Returns (logits, loss), or (logits, loss, aux) with aux = {'kv', 'hidden'}
@@ -414,8 +415,12 @@ class GPT(nn.Module):
             pos = torch.arange(past, past + T, device=idx.device)  # (T,), broadcast over the batch
         elif pos.max() >= self.config.block_size:
             raise ValueError(f"position {int(pos.max())} is past block_size {self.config.block_size}; shorten the input")
-        if hidden_layer is not None and not -1 <= hidden_layer < self.config.n_layer:
-            raise ValueError(f"hidden_layer must be -1 (after ln_f) or a block index 0..{self.config.n_layer - 1}")
+        L = self.config.n_layer
+        if hidden_layer is not None and not -L <= hidden_layer < L:
+            raise ValueError(f"hidden_layer={hidden_layer}: use -1 (after ln_f), a block index 0..{L - 1}, "
+                             f"or -2..-{L} to count back from the final state (-2: block {L - 2})")
+        if hidden_layer is not None and hidden_layer < -1:
+            hidden_layer += L  # -2 -> block L-2: the final state counts as the last layer
 
         if valid is None and past == 0:
             # no padding and no cache: let SDPA use its fast built-in masks

@@ -71,7 +71,7 @@ bai_schedule = 'constant'  # 'constant' | 'linear' | 'exp' (see bai.py)
 bai_eta = 1.0
 bai_gamma = 0.5
 bai_phi = 1000.0
-bai_layer = -1           # pivot layer: -1 = final hidden state (after ln_f), else a block index
+bai_layer = -2           # pivot layer: -2 = the block before the last (bai.py says why), -1 = after ln_f, or a block index
 bai_loss = 'mse'         # 'mse' | 'cosine' | 'ce'
 bai_pivots = 'A'         # bitune_bai only: pivots from Bitune's bidirectional Pass 'A' or its causal Pass 'B'
 bai_detach_target = True

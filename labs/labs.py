@@ -46,8 +46,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # runs start
 sys.path.insert(0, ROOT)  # train.py, bitune.py, and this folder as the package `labs`
 from labs import report, stats  # noqa: E402
 
-METHODS = {'causal': {'method': 'causal'}, 'bitune': {'method': 'bitune'}, 'bai': {'method': 'bai'},
-           'bitune_bai': {'method': 'bitune_bai'}}
+# BAI's arms in labs 1 and 2 take their pivots after ln_f (bai_layer=-1), as BAI's summary reads; lab 4
+# compares that with the default, the block before the last.
+METHODS = {'causal': {'method': 'causal'}, 'bitune': {'method': 'bitune'}, 'bai': {'method': 'bai', 'bai_layer': -1},
+           'bitune_bai': {'method': 'bitune_bai', 'bai_layer': -1}}
 # A lab: 'arms' (name -> train.py settings), the 'baseline' arm every other is compared with, settings
 # for 'every' arm, and optionally: 'versus' (arm -> the arm it is compared with instead of the baseline),
 # 'max_iters' (the arms' equal-steps length, if not the config's), and a 'base' run per seed that every
@@ -76,16 +78,16 @@ LABS = {
     'bai_settings': {'arms': {
         'causal (lambda 0)': {'method': 'causal'},
         **{f'layer {layer}, lambda 1': {'method': 'bai', 'bai_layer': layer} for layer in (-1, 0, 1, 2)},
-        'layer -1, lambda 0.1': {'method': 'bai', 'bai_lambda': 0.1},
-        'layer -1, lambda 3': {'method': 'bai', 'bai_lambda': 3.0}},
+        'layer -1, lambda 0.1': {'method': 'bai', 'bai_layer': -1, 'bai_lambda': 0.1},
+        'layer -1, lambda 3': {'method': 'bai', 'bai_layer': -1, 'bai_lambda': 3.0}},
         'baseline': 'causal (lambda 0)'},
     # Why does Bitune + BAI lose to Bitune? One change at a time to where its pivots come from
     # (train.py's bai_pivots and bai_layer) and to the loss that compares them with the answer.
     'bitune_bai': {'arms': {'bitune': {'method': 'bitune'},
-                            'bitune_bai (A, ln_f, mse)': {'method': 'bitune_bai'},
-                            'cosine': {'method': 'bitune_bai', 'bai_loss': 'cosine'},
+                            'bitune_bai (A, ln_f, mse)': {'method': 'bitune_bai', 'bai_layer': -1},
+                            'cosine': {'method': 'bitune_bai', 'bai_layer': -1, 'bai_loss': 'cosine'},
                             'layer 2': {'method': 'bitune_bai', 'bai_layer': 2},
-                            'pass B': {'method': 'bitune_bai', 'bai_pivots': 'B'}},
+                            'pass B': {'method': 'bitune_bai', 'bai_layer': -1, 'bai_pivots': 'B'}},
                    'baseline': 'bitune'},
     # The papers' setting in miniature: a base that knows the format (fully trained on copy only, the
     # config's 500 iterations), then 300 iterations of parameter-efficient tuning on new operations, one

@@ -207,7 +207,7 @@ def test_awareness_from_other_pivots_matches_and_checks_empty_prefixes(tiny_gpt)
     # the Bitune + BAI path passes its own pivots; the same pivots must give the same loss
     model = tiny_gpt()
     batch = make_batch(make_examples())
-    _, ce, aux = model(batch['idx'], batch['targets'], pos=batch['pos'], valid=batch['valid'], hidden_layer=-1)
+    _, ce, aux = model(batch['idx'], batch['targets'], pos=batch['pos'], valid=batch['valid'], hidden_layer=-2)
     E, pivot_valid = bai.pivots(aux['hidden'], batch)
     _, _, l_bai = bai.compute_loss(model, batch, weight=1.0)
     assert torch.equal(bai.awareness_from_pivots(E, pivot_valid, batch, model), l_bai)
@@ -246,10 +246,10 @@ def pivots_the_long_way(gpt, batch, adapter_name, attn, layer):
 
 
 @pytest.mark.parametrize('settings, adapter_name, attn, layer', [
-    ({}, 'bidir', 'bidir', -1),                                      # the default: Pass A after ln_f
-    ({'bai_layer': 0}, 'bidir', 'bidir', 0),                         # Pass A, after block 0
-    ({'bai_pivots': 'B'}, 'causal', 'causal', -1),                   # Pass B: causal mask, causal adapter
-    ({'bai_pivots': 'B', 'bai_layer': 0, 'bai_loss': 'cosine'}, 'causal', 'causal', 0),
+    ({}, 'bidir', 'bidir', 0),                 # the default: Pass A, the block before the last (0 of 2)
+    ({'bai_layer': -1}, 'bidir', 'bidir', -1),                       # Pass A after ln_f
+    ({'bai_pivots': 'B'}, 'causal', 'causal', 0),                    # Pass B: causal mask, causal adapter
+    ({'bai_pivots': 'B', 'bai_layer': -1, 'bai_loss': 'cosine'}, 'causal', 'causal', -1),
 ])
 def test_bitune_bai_takes_its_pivots_from_the_chosen_pass_and_layer(tiny_gpt, settings, adapter_name, attn, layer):
     batch = make_batch(make_examples())

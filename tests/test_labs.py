@@ -129,10 +129,9 @@ def test_bitune_bai_lab_varies_one_pivot_setting_per_arm_at_bitunes_cost(tmp_pat
     assert all(r['views'] == ('steps', 'compute') and r['cfg']['max_iters'] == 500 for r in runs.values())
     changed = {arm: {k: r['cfg'][k] for k in ('method', 'bai_pivots', 'bai_layer', 'bai_loss')
                      if r['cfg'][k] != train.DEFAULTS[k]} for arm, r in runs.items()}
-    assert changed == {'bitune': {}, 'bitune_bai (A, ln_f, mse)': {'method': 'bitune_bai'},
-                       'cosine': {'method': 'bitune_bai', 'bai_loss': 'cosine'},
-                       'layer 2': {'method': 'bitune_bai', 'bai_layer': 2},
-                       'pass B': {'method': 'bitune_bai', 'bai_pivots': 'B'}}
+    ln_f = {'method': 'bitune_bai', 'bai_layer': -1}  # pivots after ln_f, not the default's inner block
+    assert changed == {'bitune': {}, 'bitune_bai (A, ln_f, mse)': ln_f, 'cosine': {**ln_f, 'bai_loss': 'cosine'},
+                       'layer 2': {'method': 'bitune_bai', 'bai_layer': 2}, 'pass B': {**ln_f, 'bai_pivots': 'B'}}
     for r in runs.values():  # train.py accepts every arm
         check_train_config(SimpleNamespace(**r['cfg']), train.DEFAULTS)
 

@@ -175,6 +175,13 @@ def test_hidden_layer_returns_the_state_the_logits_come_from(tiny_gpt):
     assert torch.allclose(model.lm_head(aux['hidden']), logits, atol=1e-6)
     _, _, aux0 = model(idx, hidden_layer=0)
     assert aux0['hidden'].shape == (2, 6, 32) and not torch.allclose(aux0['hidden'], aux['hidden'])
+    # counting back from the final state (BAI's default pivots, -2): the block before the last, here
+    # block 0 of 2, not the last block's raw output (block 1)
+    _, _, aux1 = model(idx, hidden_layer=1)
+    _, _, back = model(idx, hidden_layer=-2)
+    assert torch.equal(back['hidden'], aux0['hidden']) and not torch.allclose(back['hidden'], aux1['hidden'])
+    with pytest.raises(ValueError, match='-2..-2'):
+        model(idx, hidden_layer=-3)
 
 
 # ----------------------------------------------------------------------------- LoRA
