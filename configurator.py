@@ -180,6 +180,10 @@ def check_train_config(c, defaults):
         'in [0, 1)': 'dropout lora_dropout beta1 beta2'})
     if c.init_from == 'scratch' and c.n_embd % c.n_head:
         raise ValueError(f"n_embd={c.n_embd} must be a multiple of n_head={c.n_head} (each head gets n_embd/n_head)")
+    if c.init_from == 'scratch' and 'bai' in c.method and not -c.n_layer <= c.bai_layer < c.n_layer:
+        raise ValueError(f"bai_layer={c.bai_layer} needs a block that a {c.n_layer}-block model lacks "
+                         f"(-2, the default, is the block before the last); use --bai_layer=-1 (after ln_f) "
+                         f"or a block index 0..{c.n_layer - 1}")
     if c.peft != 'ia3' and not set(c.lora_targets.split(',')) <= {'c_attn', 'c_proj', 'c_fc'}:
         raise ValueError(f"lora_targets={c.lora_targets!r}: a comma-separated subset of c_attn,c_proj,c_fc")
     if not c.out_dir:

@@ -417,8 +417,9 @@ class GPT(nn.Module):
             raise ValueError(f"position {int(pos.max())} is past block_size {self.config.block_size}; shorten the input")
         L = self.config.n_layer
         if hidden_layer is not None and not -L <= hidden_layer < L:
-            raise ValueError(f"hidden_layer={hidden_layer}: use -1 (after ln_f), a block index 0..{L - 1}, "
-                             f"or -2..-{L} to count back from the final state (-2: block {L - 2})")
+            back = f", or -2..-{L} to count back from the final state" if L > 1 else " (one block: nothing before it)"
+            raise ValueError(f"hidden_layer={hidden_layer} (train.py's --bai_layer) on a {L}-block model: use -1 "
+                             f"(after ln_f), a block index 0..{L - 1}{back}")
         if hidden_layer is not None and hidden_layer < -1:
             hidden_layer += L  # -2 -> block L-2: the final state counts as the last layer
 

@@ -171,6 +171,8 @@ ROWS = [
     # configuration
     ('n_embd not a multiple of n_head', lambda e, m: run_train(e, '--n_embd=30', '--n_head=4'),
      ValueError, 'must be a multiple of n_head'),
+    ("BAI's default pivots on a 1-block model", lambda e, m: run_train(e, '--method=bai', '--n_layer=1'),
+     ValueError, r'bai_layer=-2 needs a block that a 1-block model lacks.*--bai_layer=-1'),
     ('config file with a syntax error', lambda e, m: run_train(e, str(e.tmp / 'syntax.py')),
      ValueError, 'failed to run: SyntaxError'),
     ('config file that raises', lambda e, m: run_train(e, str(e.tmp / 'name.py')), ValueError, 'NameError'),

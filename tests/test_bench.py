@@ -6,7 +6,7 @@ import pytest
 
 import bench
 
-TINY = ['--quick=True', '--n_layer=1', '--n_head=2', '--n_embd=32', '--batch_size=4', '--gen_batch_size=2',
+TINY = ['--quick=True', '--n_layer=2', '--n_head=2', '--n_embd=32', '--batch_size=4', '--gen_batch_size=2',
         '--device=cpu', '--threads=1']
 
 

@@ -188,7 +188,7 @@ def test_every_process_needs_an_example(tmp_path, monkeypatch):
 def test_bench_under_torchrun_times_training_through_ddp(tmp_path, group_of_one):
     import bench
     out = tmp_path / 'bench.json'
-    bench.main(['--quick=True', '--n_layer=1', '--n_head=2', '--n_embd=32', '--batch_size=4', '--device=cpu',
+    bench.main(['--quick=True', '--n_layer=2', '--n_head=2', '--n_embd=32', '--batch_size=4', '--device=cpu',
                 '--peft=lora', f'--out={out}'])
     r = json.loads(out.read_text())
     assert set(r) == {'machine', 'config', 'token_ratio', 'train'}  # generation and inference: one process

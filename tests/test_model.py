@@ -182,6 +182,8 @@ def test_hidden_layer_returns_the_state_the_logits_come_from(tiny_gpt):
     assert torch.equal(back['hidden'], aux0['hidden']) and not torch.allclose(back['hidden'], aux1['hidden'])
     with pytest.raises(ValueError, match='-2..-2'):
         model(idx, hidden_layer=-3)
+    with pytest.raises(ValueError, match='bai_layer.*1-block model.*nothing before it'):  # BAI's default on 1 block
+        tiny_gpt(n_layer=1)(idx, hidden_layer=-2)
 
 
 # ----------------------------------------------------------------------------- LoRA

@@ -80,12 +80,12 @@ def fake_gpt2(d, seed=0):
     """A tiny random GPT saved the way GPT-2 is published (config.json + model.safetensors, Conv1D
     weights stored (in, out), no lm_head), so init_from=<this dir> walks GPT-2's loading path."""
     torch.manual_seed(seed)
-    gpt = GPT(GPTConfig(block_size=BLOCK, vocab_size=50257, n_layer=1, n_head=2, n_embd=16))
+    gpt = GPT(GPTConfig(block_size=BLOCK, vocab_size=50257, n_layer=2, n_head=2, n_embd=16))
     sd = {k: (v.t() if k.endswith(weights.CONV1D) else v).contiguous() for k, v in gpt.state_dict().items()
           if k != 'lm_head.weight'}  # tied to wte
     write_safetensors(os.path.join(d, 'model.safetensors'), sd, metadata={'format': 'pt'})
     with open(os.path.join(d, 'config.json'), 'w') as f:
-        json.dump({'model_type': 'gpt2', 'n_layer': 1, 'n_head': 2, 'n_embd': 16, 'vocab_size': 50257,
+        json.dump({'model_type': 'gpt2', 'n_layer': 2, 'n_head': 2, 'n_embd': 16, 'vocab_size': 50257,
                    'n_positions': BLOCK}, f)
     return str(d)
 
