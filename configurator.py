@@ -153,7 +153,7 @@ def check_train_config(c, defaults):
     """train.py's settings c (a namespace): fail at start-up, with what to do, rather than deep inside a
     run. Fills in out_dir's {braces}. defaults: train.py's DEFAULTS."""
     from bitune import VARIANTS  # imported here: these need torch, the rest of this file does not
-    from model import KINDS
+    from model import KINDS, has_hidden_layer
     try:
         c.out_dir = c.out_dir.format(**vars(c))
     except (KeyError, IndexError, ValueError) as e:
@@ -180,7 +180,7 @@ def check_train_config(c, defaults):
         'in [0, 1)': 'dropout lora_dropout beta1 beta2'})
     if c.init_from == 'scratch' and c.n_embd % c.n_head:
         raise ValueError(f"n_embd={c.n_embd} must be a multiple of n_head={c.n_head} (each head gets n_embd/n_head)")
-    if c.init_from == 'scratch' and 'bai' in c.method and not -c.n_layer <= c.bai_layer < c.n_layer:
+    if c.init_from == 'scratch' and 'bai' in c.method and not has_hidden_layer(c.bai_layer, c.n_layer):
         raise ValueError(f"bai_layer={c.bai_layer} needs a block that a {c.n_layer}-block model lacks "
                          f"(-2, the default, is the block before the last); use --bai_layer=-1 (after ln_f) "
                          f"or a block index 0..{c.n_layer - 1}")

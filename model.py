@@ -292,6 +292,11 @@ def attention_mask(valid, T, attn):
 # -----------------------------------------------------------------------------
 # The transformer
 
+def has_hidden_layer(layer, n_layer):
+    """Whether GPT.forward can return hidden_layer=layer: -1 (after ln_f), a block 0..n_layer-1, or
+    -2..-n_layer counted back from the final state (-2: block n_layer-2). BAI's pivots use the same rule."""
+    return -n_layer <= layer < n_layer
+
 
 @dataclass
 class GPTConfig:
@@ -416,7 +421,7 @@ class GPT(nn.Module):
         elif pos.max() >= self.config.block_size:
             raise ValueError(f"position {int(pos.max())} is past block_size {self.config.block_size}; shorten the input")
         L = self.config.n_layer
-        if hidden_layer is not None and not -L <= hidden_layer < L:
+        if hidden_layer is not None and not has_hidden_layer(hidden_layer, L):
             back = f", or -2..-{L} to count back from the final state" if L > 1 else " (one block: nothing before it)"
             raise ValueError(f"hidden_layer={hidden_layer} (train.py's --bai_layer) on a {L}-block model: use -1 "
                              f"(after ln_f), a block index 0..{L - 1}{back}")

@@ -164,6 +164,7 @@ def plan(opts, passthrough):
     out_dir, argv for train.py, tokens_per_step, and its config, resolved here with train.py's own
     defaults so that a typo fails before any run starts."""
     from configurator import configure
+    from model import has_hidden_layer
     from train import DEFAULTS
     lab = LABS[opts['lab']]
     first = [CONFIG, *[f'--{k}={v}' for k, v in QUICK['settings'].items() if opts['quick']]]
@@ -181,12 +182,15 @@ def plan(opts, passthrough):
     base_iters = int(opts['max_iters'] or common['max_iters'])
     max_iters = int(opts['max_iters'] or lab.get('max_iters') or common['max_iters'])
     arms = {arm: {**lab.get('every', {}), **settings} for arm, settings in lab['arms'].items()}
-    for arm, settings in list(arms.items()):  # e.g. BAI's pivots from block 2 of the quick 2-block model
-        if settings.get('bai_layer', -1) >= common['n_layer']:
-            print(f"leaving out '{arm}': bai_layer={settings['bai_layer']} needs more than n_layer={common['n_layer']} blocks")
+    # each arm's settings as its runs will have them (seed 0 here: the seed changes no cost)
+    probe = {arm: make(arm, s, 0, 1, (), max_iters, '') for arm, s in arms.items()}
+    for arm, p in probe.items():  # e.g. BAI's pivots from block 2 of the quick 2-block model
+        c = p['cfg']
+        if 'bai' in c['method'] and not has_hidden_layer(c['bai_layer'], c['n_layer']):
+            print(f"leaving out '{arm}': bai_layer={c['bai_layer']} is not a layer of a {c['n_layer']}-block model")
             del arms[arm]
-    # the budget: what the costliest arm reads in max_iters iterations (seed 0 here: the seed changes no cost)
-    per_step = {arm: make(arm, s, 0, 1, (), max_iters, '')['tokens_per_step'] for arm, s in arms.items()}
+    # the budget: what the costliest arm reads in max_iters iterations
+    per_step = {arm: probe[arm]['tokens_per_step'] for arm in arms}
     budget = max_iters * max(per_step.values())
     runs = []
     for seed in opts['seeds']:

@@ -153,6 +153,12 @@ def test_quick_plans_a_small_grid(tmp_path, monkeypatch):
     assert 'layer 2, lambda 1' in {r['arm'] for r in labs.plan(opts, rest)}
     opts, rest = labs.parse_args(['--lab=bitune_bai', '--quick', '--seeds=1'])
     assert 'layer 2' not in {r['arm'] for r in labs.plan(opts, rest)} and opts['baseline'] == 'bitune'
+    # the rule is the model's, on each arm's own settings: BAI's default (-2) has no block on a 1-block model
+    monkeypatch.setitem(labs.LABS, 'tiny', {'arms': {'causal': {'method': 'causal'}, 'bai': {'method': 'bai'},
+                                                     'bai ln_f': {'method': 'bai', 'bai_layer': -1}},
+                                            'baseline': 'causal'})
+    opts, rest = labs.parse_args(['--lab=tiny', '--quick', '--seeds=1', '--n_layer=1'])
+    assert {r['arm'] for r in labs.plan(opts, rest)} == {'causal', 'bai ln_f'}
     # your own settings still win
     opts, rest = labs.parse_args(['--lab=methods', '--quick', '--seeds=4,5', '--n_layer=1', '--max_iters=50'])
     runs = labs.plan(opts, rest)
