@@ -38,7 +38,8 @@ from bai import compute_loss
 from utils import distributed
 from utils.checkpoint import build_model
 from configurator import check_ranges, configure, pick_device, run_main
-from model import KINDS, GPT, GPTConfig, adapted_layers, add_adapters, configure_optimizers, set_adapter
+from adapters import KINDS, adapted_layers, add_adapters, set_adapter
+from model import GPT, GPTConfig, configure_optimizers
 from data.tasks import collate, collate_prompts
 
 # -----------------------------------------------------------------------------

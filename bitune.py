@@ -21,7 +21,7 @@ step 8, generation; the README numbers the steps the same way.
 import torch
 import torch.nn as nn
 
-from model import adapter, adapter_kinds
+from adapters import adapter, adapter_kinds
 
 # The authors' ablations, one row each, as in the paper's table.
 VARIANTS = {
@@ -57,7 +57,7 @@ def check_bidir_reaches_kv(variant, n_layer, targets):
 
 
 class Bitune(nn.Module):
-    """Wraps a GPT. causal_adapter / bidir_adapter name its adapters (any kind, see model.add_adapters).
+    """Wraps a GPT. causal_adapter / bidir_adapter name its adapters (any kind, see adapters.add_adapters).
 
     causal_adapter=None trains all weights (no adapter for the causal side): Passes B
     and C then run the base weights and Pass A runs base + the 'bidir' adapter, so

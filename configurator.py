@@ -153,7 +153,8 @@ def check_train_config(c, defaults):
     """train.py's settings c (a namespace): fail at start-up, with what to do, rather than deep inside a
     run. Fills in out_dir's {braces}. defaults: train.py's DEFAULTS."""
     from bitune import VARIANTS  # imported here: these need torch, the rest of this file does not
-    from model import KINDS, has_hidden_layer
+    from adapters import KINDS
+    from model import has_hidden_layer
     try:
         c.out_dir = c.out_dir.format(**vars(c))
     except (KeyError, IndexError, ValueError) as e:

@@ -82,7 +82,7 @@ n_embd = 128
 block_size = 64
 dropout = 0.0
 bias = True
-# parameter-efficient fine-tuning (model.py: adapters)
+# parameter-efficient fine-tuning (adapters.py)
 peft = 'none'            # 'none': train every weight | 'lora' | 'dora' | 'ia3': frozen base + adapters of that kind
 lora_r = 8               # lora_* settings are LoRA's and DoRA's; IA3 has no rank and fixed places (keys,
 lora_alpha = 8           # values, MLP activation). scale = lora_alpha / lora_r

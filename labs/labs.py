@@ -91,7 +91,7 @@ LABS = {
                    'baseline': 'bitune'},
     # The papers' setting in miniature: a base that knows the format (fully trained on copy only, the
     # config's 500 iterations), then 300 iterations of parameter-efficient tuning on new operations, one
-    # causal and one Bitune arm per adapter kind (model.py). Bitune trains two adapters, so the causal
+    # causal and one Bitune arm per adapter kind (adapters.py). Bitune trains two adapters, so the causal
     # LoRA and DoRA arms get rank 16, as many numbers as Bitune's two of rank 8; IA3 has no rank to
     # double. Each Bitune arm is compared with the causal arm of its own kind ('versus').
     # LoRA usually wants a higher learning rate than full training; IA3 trains ~20x fewer numbers than

@@ -28,7 +28,8 @@ from data import tasks
 from data.toy import toy
 from helpers import ROOT, load_script, randomize_adapters, write_jsonl, write_safetensors
 from labs import labs
-from model import GPT, GPTConfig, add_adapters
+from adapters import add_adapters
+from model import GPT, GPTConfig
 from utils import checkpoint, weights
 
 TINY = ['--method=causal', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=32', '--batch_size=8',

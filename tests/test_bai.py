@@ -225,7 +225,7 @@ def bitune_bai_loss(tiny_gpt, batch, **settings):
     import train
     from bitune import Bitune
     from helpers import randomize_adapters
-    from model import add_adapters
+    from adapters import add_adapters
     gpt = add_adapters(tiny_gpt(), names=('causal', 'bidir'), r=4, alpha=4)
     randomize_adapters(gpt)
     c = SimpleNamespace(**{**train.DEFAULTS, 'method': 'bitune_bai', **settings})
@@ -236,7 +236,7 @@ def bitune_bai_loss(tiny_gpt, batch, **settings):
 
 def pivots_the_long_way(gpt, batch, adapter_name, attn, layer):
     """The prefix (the prompt minus its last token) read by one pass, at one layer, as plain GPT.forward."""
-    from model import adapter
+    from adapters import adapter
     P = batch['prompt_len']
     Tp = int(P.max()) - 1
     valid = torch.arange(Tp)[None] < (P - 1)[:, None]

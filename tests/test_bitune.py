@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from bitune import VARIANTS, Bitune
 from helpers import randomize_adapters
-from model import add_adapters, configure_optimizers, mark_only_adapters_trainable
+from adapters import add_adapters, mark_only_adapters_trainable
+from model import configure_optimizers
 
 V = 23  # the tiny_gpt vocabulary
 
@@ -53,7 +54,7 @@ THETAS = ([0.03, -0.002], [0.005, 0.2])  # alphas far from 0.5 and different per
 def baseline_answer_logits(bt, batch):
     """Plain causal GPT over the whole sequence with the causal adapter, at the answer positions."""
     with torch.no_grad():
-        from model import adapter
+        from adapters import adapter
         with adapter(bt.gpt, 'causal'):
             logits, loss = bt.gpt(batch['idx'], batch['targets'], valid=batch['valid'])
     rows = [logits[i, p - 1:p - 1 + a] for i, (p, a) in enumerate(zip(batch['prompt_len'].tolist(),
@@ -288,7 +289,7 @@ def test_state_dict_round_trip_keeps_thetas_and_both_adapters(tiny_gpt, tmp_path
 def test_prefix_passes_return_the_hidden_states_gpt_forward_gives_at_that_layer(tiny_gpt, variant, layer):
     """What a loss on the prompt's states (BAI's pivots) reads: each prefix pass at hidden_layer, with the
     pass's own mask and adapter, exactly as GPT.forward computes them; the answer's loss does not change."""
-    from model import adapter
+    from adapters import adapter
     bt = lora_bitune(tiny_gpt, variant, thetas=THETAS)
     batch = make_batch(rand_examples(LENGTHS))
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""model.py: masks, attention, the KV cache, generation, LoRA and the optimizer groups."""
+"""model.py and adapters.py: masks, attention, the KV cache, generation, LoRA and the optimizer groups."""
 import math
 
 import pytest
@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from helpers import randomize_adapters
-from model import (AdaptedLinear, adapter, adapter_state_dict, add_adapters, attention_mask, configure_optimizers,
-                   count_params, load_adapter_state_dict, mark_only_adapters_trainable, set_adapter)
+from adapters import (AdaptedLinear, adapter, adapter_state_dict, add_adapters, load_adapter_state_dict,
+                      mark_only_adapters_trainable, set_adapter)
+from model import attention_mask, configure_optimizers, count_params
 
 
 # ----------------------------------------------------------------------------- forward and masks

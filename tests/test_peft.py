@@ -1,4 +1,4 @@
-"""Adapters of every kind (model.py): LoRA, DoRA and IA3 as named adapters, alone and under Bitune."""
+"""Adapters of every kind (adapters.py): LoRA, DoRA and IA3 as named adapters, alone and under Bitune."""
 import os
 
 import pytest
@@ -10,8 +10,8 @@ import train
 from bitune import Bitune
 from data.tasks import collate
 from helpers import kill_after_first_checkpoint, randomize_adapters
-from model import (KINDS, AdaptedLinear, adapted_layers, adapter, adapter_kinds, adapter_state_dict, add_adapters,
-                   is_adapter_param, load_adapter_state_dict, mark_only_adapters_trainable, set_adapter)
+from adapters import (KINDS, AdaptedLinear, adapted_layers, adapter, adapter_kinds, adapter_state_dict, add_adapters,
+                      is_adapter_param, load_adapter_state_dict, mark_only_adapters_trainable, set_adapter)
 from utils import checkpoint
 
 MARKERS = {'lora': ('lora_A', 'lora_B'), 'dora': ('lora_A', 'lora_B', 'dora_m'), 'ia3': ('ia3_l',)}

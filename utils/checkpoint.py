@@ -21,7 +21,8 @@ import os
 
 import torch
 
-from model import GPT, GPTConfig, add_adapters, is_adapter_param, mark_only_adapters_trainable, set_adapter
+from adapters import add_adapters, is_adapter_param, mark_only_adapters_trainable, set_adapter
+from model import GPT, GPTConfig
 from utils.weights import GPT2_NAMES
 
 

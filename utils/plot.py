@@ -118,7 +118,7 @@ def plot_attention(out_dir, text, layer=0):
     prompt = toy.parse_prompt(text, meta)[:-1]  # Bitune's prefix: the prompt minus its last token
     idx = torch.tensor([prompt])
     labels = [meta['itos'][t] for t in prompt]
-    from model import adapter, adapter_kinds
+    from adapters import adapter, adapter_kinds
     readings = [('causal', getattr(model, 'causal_adapter', None)), ('bidir', getattr(model, 'a_adapter', None))]
     nh = gpt.config.n_head
     fig, axes = plt.subplots(2, nh, figsize=(2.6 * nh, 5.4), squeeze=False)

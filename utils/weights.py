@@ -156,8 +156,8 @@ def load_gpt2(name_or_dir, cache_dir=None):
 
 
 def load_into(model, sd):
-    """Copy sd into model after checking every key and shape; adapters (model.is_adapter_param) are left alone."""
-    from model import is_adapter_param  # imported here: the rest of this file needs nothing from model.py
+    """Copy sd into model after checking every key and shape; adapters (adapters.is_adapter_param) are left alone."""
+    from adapters import is_adapter_param  # imported here: the rest of this file needs nothing from adapters.py
     own = {k: v for k, v in model.state_dict().items() if not is_adapter_param(k)}
     missing = sorted(k for k in own if k not in sd)
     unexpected = sorted(k for k in sd if k not in own)
