@@ -142,9 +142,13 @@ def figure(plt, n_panels, ncols=None):
     return fig, axes[:n_panels]
 
 
-def save(fig, plt, path, title, bottom=0.0):
-    fig.suptitle(title)
+def finish(fig, title, bottom=0.0):
+    fig.suptitle(title, fontsize=FONTS['figure.titlesize'])
     fig.tight_layout(rect=(0, bottom, 1, 1))  # bottom: room for a legend under the panels
+
+
+def save(fig, plt, path, title, bottom=0.0):
+    finish(fig, title, bottom)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
