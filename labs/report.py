@@ -102,7 +102,8 @@ def write_results(res, out_dir):
     if res['arms']:
         plot_forest(res, os.path.join(out_dir, 'results_forest.png'))
         plot_scores(res, os.path.join(out_dir, 'results.png'))
-        plot_curves(res, os.path.join(out_dir, 'results_curves.png'))
+        if any(a.get('curve') for a in res['arms'].values()):  # results without curves draw none
+            plot_curves(res, os.path.join(out_dir, 'results_curves.png'))
     return lines
 
 

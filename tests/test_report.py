@@ -143,3 +143,12 @@ def test_redraw_writes_the_tables_and_three_pictures_from_results_json(tmp_path,
         report.main([str(tmp_path / 'nowhere')])
     with pytest.raises(ValueError, match='give one or more'):
         report.main([])
+
+
+def test_results_without_learning_curves_draw_the_other_pictures(tmp_path):
+    res = fake_results()
+    for arm in res['arms'].values():
+        del arm['curve']
+    report.write_results(res, str(tmp_path))
+    assert png_size(tmp_path / 'results_forest.png') == (1920, 1080) and (tmp_path / 'results.png').exists()
+    assert not (tmp_path / 'results_curves.png').exists()
