@@ -22,6 +22,10 @@ machine a change of load slows all of them alike. Memory: on CUDA a case's param
 state plus its peak rise during a call; on a CPU the process's peak RSS so far, which is process-wide
 and never goes down, so it says how big the largest case was, not each case's own footprint.
 """
+import configurator  # first, so Ctrl-C while the rest loads prints one line
+if __name__ == '__main__':
+    configurator.catch_signals("run it again")
+
 import json
 import os
 import platform

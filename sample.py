@@ -10,6 +10,10 @@ A Bitune checkpoint generates with Bitune's two-pass prefill automatically: the
 model it rebuilds has the same generate() as a plain GPT. BAI changes nothing at
 inference, so a BAI checkpoint samples like any other.
 """
+import configurator  # first, so Ctrl-C while the rest loads prints one line
+if __name__ == '__main__':
+    configurator.catch_signals("nothing was written; run it again")
+
 import os
 import sys
 

@@ -159,6 +159,13 @@ def sample_main(e, *argv):
     return sample.main([f'--ckpt={e.run}/ckpt.pt', *argv])
 
 
+def no_ckpt(e):
+    """A run killed while it wrote its first checkpoint: its first log row, a .tmp, no ckpt.pt."""
+    out = shutil.copytree(e.run, fresh(e))
+    os.replace(os.path.join(out, 'ckpt.pt'), os.path.join(out, 'ckpt.pt.tmp'))
+    return out
+
+
 def moved_run_resumes(e, monkeypatch):
     """A finished run copied elsewhere and named by a relative path resumes, and logs on from where it was."""
     monkeypatch.chdir(e.tmp)
@@ -235,6 +242,10 @@ ROWS = [
     ('resume a moved run, named relatively', moved_run_resumes, None, None),
     ('init_from its own checkpoint', lambda e, m: run_train(e, f'--init_from={e.run}/ckpt.pt', '--overwrite=True',
                                                             out=e.run), ValueError, "this run's own checkpoint"),
+    ('resume a run killed before its first checkpoint', lambda e, m: run_train(e, '--init_from=resume', out=no_ckpt(e)),
+     ValueError, 'stopped before writing its first checkpoint.*start it over with --overwrite=True'),
+    ('restart it without overwrite', lambda e, m: run_train(e, out=no_ckpt(e)),
+     ValueError, 'cannot be resumed: start it over with --overwrite=True'),
     ('adapters whose base is gone', lambda e, m: checkpoint.model_from_checkpoint(copy_ckpt(
         f'{e.lora}/ckpt.pt', e.tmp / 'orphan.pt', init_from=str(e.tmp / 'gone.pt'))),
      FileNotFoundError, 'not there any more'),

@@ -21,6 +21,7 @@ import os
 
 import torch
 
+from configurator import atomic_file
 from adapters import add_adapters, is_adapter_param, mark_only_adapters_trainable, set_adapter
 from model import GPT, GPTConfig
 from utils.weights import GPT2_NAMES
@@ -99,10 +100,10 @@ def state_to_save(model, cfg):
 
 
 def save_checkpoint(path, ckpt):
-    """Write to a temporary file, then rename: a run killed mid-write never leaves a broken checkpoint."""
-    tmp = path + '.tmp'
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # atomic on POSIX and Windows
+    """Write to a temporary file, then rename: a run killed mid-write (or a full disk) never leaves a
+    broken checkpoint, and the previous one stays until the new one is complete."""
+    with atomic_file(path, 'wb') as f:
+        torch.save(ckpt, f)
 
 
 def load_checkpoint(path, device='cpu'):
@@ -221,6 +222,11 @@ def check_out_dir(out_dir, init_from, overwrite):
         raise ValueError(f"init_from={init_from!r} is this run's own checkpoint, which it would overwrite; "
                          f"to continue that run use --init_from=resume, else choose another out_dir")
     old = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
+    if 'log.jsonl' in old and 'ckpt.pt' not in old and (init_from == 'resume' or not overwrite):
+        # killed (or out of disk) before its first checkpoint: there is nothing to resume, only to redo
+        raise ValueError(f"out_dir={out_dir!r} holds a run that stopped before writing its first checkpoint "
+                         f"(log.jsonl, no ckpt.pt), so it cannot be resumed: start it over with --overwrite=True "
+                         f"(without --init_from=resume), or choose another out_dir")
     if old and init_from != 'resume' and not overwrite:
         raise ValueError(f"out_dir={out_dir!r} already holds a run ({', '.join(old)}). Continue it with "
                          f"--init_from=resume, start it over with --overwrite=True (deletes its log and checkpoint), "
@@ -228,10 +234,12 @@ def check_out_dir(out_dir, init_from, overwrite):
 
 
 def start_fresh(out_dir):
-    """Delete an earlier run's log and checkpoint (only called with overwrite=True)."""
+    """Delete an earlier run's log and checkpoint, and the .tmp a killed write left of them (only called
+    with overwrite=True)."""
     for f in RUN_FILES:
-        if os.path.exists(os.path.join(out_dir, f)):
-            os.remove(os.path.join(out_dir, f))
+        for path in (os.path.join(out_dir, f), os.path.join(out_dir, f + '.tmp')):
+            if os.path.exists(path):
+                os.remove(path)
 
 
 def trim_log(path, iter_num):
@@ -250,6 +258,5 @@ def trim_log(path, iter_num):
             if row['iter'] > iter_num:
                 break
             keep.append(line if line.endswith('\n') else line + '\n')
-    with open(path + '.tmp', 'w') as f:
+    with atomic_file(path) as f:
         f.writelines(keep)
-    os.replace(path + '.tmp', path)
