@@ -22,7 +22,7 @@ import urllib.request
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for configurator
-from configurator import run_main  # noqa: E402  (the prepare scripts report failures like every other script)
+from configurator import atomic_file, disk_full, run_main  # noqa: E402  (the prepare scripts report failures like every other script)
 
 EOS = 50256  # GPT-2's <|endoftext|>; also used as the padding id (GPT-2 has no pad token)
 GPT2_META = {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eos': EOS, 'pad': EOS, 'bos': None, 'metric': 'rouge'}
@@ -67,7 +67,12 @@ def download(url, path):
                 while chunk := r.read(1 << 16):
                     f.write(chunk)
                     bar.update(len(chunk))
-    except OSError as e:  # URLError, timeouts and refused connections are all OSErrors
+    except BaseException as e:
+        if os.path.exists(path + '.part'):
+            os.remove(path + '.part')
+        if not isinstance(e, OSError) or disk_full(e):  # Ctrl-C, or a full disk: not the network's fault
+            raise
+        # URLError, timeouts and refused connections are all OSErrors
         raise ConnectionError(f"could not download {url} ({e}). If this machine is offline, get the files "
                               f"elsewhere and pass --src DIR with the folder holding them.") from e
     os.replace(path + '.part', path)

@@ -459,3 +459,41 @@ def test_7_resume_after_a_kill_during_a_checkpoint_write_logs_each_row_once(e, m
     a, b = read_log(straight), read_log(killed)
     assert [r['iter'] for r in b] == [0, 2, 4, 6]
     assert [(r.get('train_loss'), r['val_loss']) for r in a] == [(r.get('train_loss'), r['val_loss']) for r in b]
+
+
+# -----------------------------------------------------------------------------
+# a full disk: the old file stays, no .tmp is left to keep the disk full, one line says what to do
+
+def full_disk_for(monkeypatch, name, nth=1):
+    """From the nth file written to `name` (through atomic_file) on, the disk is full: the .tmp is
+    created, then every write fails as on a full disk (/dev/full answers ENOSPC)."""
+    real_open, calls = open, []
+
+    def open_(path, mode='r', *a, **k):
+        if os.path.basename(path) == name + '.tmp':
+            calls.append(1)
+            if len(calls) >= nth:
+                real_open(path, mode).close()
+                return real_open('/dev/full', mode)
+        return real_open(path, mode, *a, **k)
+    monkeypatch.setattr(configurator, 'open', open_, raising=False)
+
+
+@pytest.mark.skipif(not os.path.exists('/dev/full'), reason='needs /dev/full')
+def test_8_a_full_disk_keeps_the_last_checkpoint_and_the_log_and_leaves_no_tmp(e, monkeypatch):
+    out = fresh(e)
+    with monkeypatch.context() as m:
+        full_disk_for(m, 'ckpt.pt', nth=2)  # the checkpoint of iteration 4
+        with pytest.raises(OSError) as err:
+            run_train(e, '--max_iters=4', out=out)
+    assert configurator.describe(err.value).startswith(f"the disk is full (writing {out}/ckpt.pt): free space on it")
+    assert not os.path.exists(f'{out}/ckpt.pt.tmp')
+    assert torch.load(f'{out}/ckpt.pt', weights_only=True)['iter_num'] == 2
+    log = open(f'{out}/log.jsonl').read()
+    with monkeypatch.context() as m:
+        full_disk_for(m, 'log.jsonl')  # the resume's trim_log
+        with pytest.raises(OSError, match='No space left'):
+            run_train(e, '--max_iters=4', '--init_from=resume', out=out)
+    assert open(f'{out}/log.jsonl').read() == log and not os.path.exists(f'{out}/log.jsonl.tmp')
+    run_train(e, '--max_iters=4', '--init_from=resume', out=out)  # once there is space, it goes on
+    assert [r['iter'] for r in read_log(out)] == [0, 2, 4]
