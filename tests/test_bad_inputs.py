@@ -148,6 +148,15 @@ def raw_dialogsum(e, records):
     return str(src)
 
 
+def prepare_scitldr(e, record):
+    """scitldr's prepare.py on raw files whose second record is `record`."""
+    e.n += 1
+    src = e.tmp / f'raw{e.n}'
+    for split in ('train', 'dev', 'test'):
+        write_jsonl(src / f'{split}.jsonl', [{'source': ['One.'], 'target': ['x']}, record])
+    return load_script('scitldr').main(['--src', str(src), '--out_dir', fresh(e)])
+
+
 def truncated_raw(e):
     src = raw_dialogsum(e, [{'fname': 'a', 'dialogue': '#Person1#: Hi.', 'summary': 'A greeting.'}] * 3)
     with open(os.path.join(src, 'dialogsum.train.jsonl'), 'a') as f:
@@ -225,6 +234,16 @@ ROWS = [
     ('prepare.py raw records of another dataset', lambda e, m: prepare(
         e, '--src', raw_dialogsum(e, [{'source': ['x'], 'target': ['y']}]), '--out_dir', fresh(e)),
      ValueError, "lacks 'dialogue'"),
+    ('prepare.py a list field given as a string', lambda e, m: prepare_scitldr(e, {'source': 'One. Two.', 'target': ['x']}),
+     ValueError, r"train.jsonl line 2: field 'source' must be a list of strings \(got str"),
+    ('prepare.py an empty list of summaries', lambda e, m: prepare_scitldr(e, {'source': ['One.'], 'target': []}),
+     ValueError, r"line 2: field 'target' must be a list of strings \(got list \[\]"),
+    ('prepare.py a summary that is a number', lambda e, m: prepare(
+        e, '--src', raw_dialogsum(e, [{'dialogue': 'Hi.', 'summary': 5}]), '--out_dir', fresh(e)),
+     ValueError, r"dialogsum.train.jsonl line 1: field 'summary' must be a string \(got int 5\)"),
+    ('prepare.py a record that is not an object', lambda e, m: prepare(
+        e, '--src', raw_dialogsum(e, [['Hi.', 'A greeting.']]), '--out_dir', fresh(e)),
+     ValueError, "line 1: the record is a list, not an object with 'dialogue'"),
     ('prepare.py --limit=0', lambda e, m: prepare(e, '--limit', '0'), ValueError, '--limit must be at least 1'),
     ('prepare.py unknown option', lambda e, m: prepare(e, '--srcc', 'x'), ValueError, 'unrecognized arguments'),
     # checkpoints
