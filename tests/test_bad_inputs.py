@@ -516,3 +516,28 @@ def test_8_a_full_disk_keeps_the_last_checkpoint_and_the_log_and_leaves_no_tmp(e
     assert open(f'{out}/log.jsonl').read() == log and not os.path.exists(f'{out}/log.jsonl.tmp')
     run_train(e, '--max_iters=4', '--init_from=resume', out=out)  # once there is space, it goes on
     assert [r['iter'] for r in read_log(out)] == [0, 2, 4]
+
+
+# -----------------------------------------------------------------------------
+# a run trained with adapters as the base of another: what it learned is folded in, not dropped
+
+@pytest.mark.parametrize('peft, lr', [('lora', 0.05), ('dora', 0.05), ('ia3', 1.0)])
+def test_9_a_scratch_run_with_adapters_is_a_base_with_its_adapters_folded_in(e, capsys, peft, lr):
+    a, b = fresh(e), fresh(e)
+    run_train(e, f'--peft={peft}', f'--learning_rate={lr}', '--max_iters=4', out=a)
+    first, last = read_log(a)[0]['val_loss'], read_log(a)[-1]['val_loss']
+    assert abs(first - last) > 0.005  # the adapters learned something, which dropping them would lose
+    capsys.readouterr()
+    run_train(e, f'--init_from={a}/ckpt.pt', out=b)  # fine-tune every weight of it, on the same data
+    assert f"its trained {peft} adapter is folded into the base weights" in capsys.readouterr().out
+    assert read_log(b)[0]['val_loss'] == pytest.approx(last, rel=1e-5)  # iteration 0 starts where A ended
+    c = fresh(e)
+    run_train(e, f'--init_from={b}/ckpt.pt', '--peft=lora', out=c)  # and adapters on it again
+    assert read_log(c)[0]['val_loss'] == pytest.approx(read_log(b)[-1]['val_loss'], rel=1e-5)
+
+
+def test_9_an_adapter_only_checkpoint_is_a_base_with_its_own_base_rebuilt_and_folded(e, capsys):
+    out = fresh(e)
+    run_train(e, f'--init_from={e.lora}/ckpt.pt', out=out)  # e.lora: LoRA on e.base, saved without the base
+    assert 'its trained lora adapter is folded into the base weights' in capsys.readouterr().out
+    assert read_log(out)[0]['val_loss'] == pytest.approx(read_log(e.lora)[-1]['val_loss'], rel=1e-5)

@@ -22,7 +22,7 @@ import os
 import torch
 
 from configurator import atomic_file
-from adapters import add_adapters, is_adapter_param, mark_only_adapters_trainable, set_adapter
+from adapters import adapted_layers, add_adapters, is_adapter_param, mark_only_adapters_trainable, set_adapter
 from model import GPT, GPTConfig
 from utils.weights import GPT2_NAMES
 
@@ -56,17 +56,35 @@ def base_model(cfg, meta, device='cpu'):
         return gpt
     if src.endswith('.pt'):  # a base trained by an earlier run (e.g. pretrained on one toy operation)
         ckpt = load_checkpoint(src, device)
-        if ckpt['adapter_only']:
-            raise ValueError(f"{src} holds adapters only; fine-tune from a checkpoint trained with peft='none'")
         if ckpt['meta']['vocab_size'] != meta['vocab_size'] or ckpt['meta'].get('itos') != meta.get('itos'):
             raise ValueError(f"{src} was trained on another vocabulary than dataset '{meta['name']}'; "
                              f"use the same dataset family (e.g. toy with the same n_symbols)")
         gpt = GPT(GPTConfig(**{**ckpt['model_args'], 'dropout': cfg['dropout']}))
-        sd = {k[len('gpt.'):] if k.startswith('gpt.') else k: v for k, v in ckpt['model'].items()}
+        saved = ckpt['config']
+        if saved['peft'] != 'none':  # its base is frozen (random, for a scratch run): what it learned is adapters
+            sd = folded_state(src, device)
+            print(f"init_from={src}: its trained {saved['peft']} adapter is folded into the base weights"
+                  + (" (Bitune's 'bidir' prompt adapter and mixing are left out)" if 'bitune' in saved['method'] else ""))
+        else:
+            if saved['method'].startswith('bitune'):
+                print(f"init_from={src}: the base weights only (Bitune's 'bidir' prompt adapter and mixing are left out)")
+            sd = {k[len('gpt.'):] if k.startswith('gpt.') else k: v for k, v in ckpt['model'].items()}
         gpt.load_state_dict({k: v for k, v in sd.items() if not is_adapter_param(k)})
         return gpt
     raise ValueError(f"init_from={src!r}: use 'scratch', 'resume', a GPT-2 name {GPT2_NAMES}, "
                      f"a directory with config.json + model.safetensors, or a .pt checkpoint")
+
+
+def folded_state(path, device='cpu'):
+    """The weights of a plain GPT that reads left to right as checkpoint path's model does: its 'causal'
+    adapter (the one of every causal pass, Bitune's answer pass included) folded into the weights
+    (AdaptedLinear.merge). An adapter-only checkpoint gets its base back from its own init_from first;
+    one of a scratch run holds its random base (is_adapter_only), so either can be fine-tuned further."""
+    _, gpt, _ = model_from_checkpoint(path, device)
+    for layer in adapted_layers(gpt):
+        if 'causal' in layer.kind:
+            layer.merge('causal')
+    return gpt.state_dict()
 
 
 def build_model(cfg, meta, device='cpu'):
