@@ -125,8 +125,8 @@ def run_main(main, *known):
     except (KeyboardInterrupt, Exception) as e:
         if _debug():
             raise
-        from utils.distributed import error_line  # under torchrun, only the first process to fail reports
-        line = error_line(describe(e, known))
+        from utils.distributed import error_line, lost_peer  # under torchrun, only the first process to fail reports
+        line = error_line(lost_peer(e) or describe(e, known))
         if line:
             print(line, file=sys.stderr)
         sys.exit(130 if isinstance(e, KeyboardInterrupt) else 1)
