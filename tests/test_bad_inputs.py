@@ -30,7 +30,7 @@ from helpers import ROOT, load_script, randomize_adapters, write_jsonl, write_sa
 from labs import labs
 from adapters import add_adapters
 from model import GPT, GPTConfig
-from utils import checkpoint, weights
+from utils import checkpoint, plot, weights
 
 TINY = ['--method=causal', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=32', '--batch_size=8',
         '--eval_iters=1', '--eval_examples=4', '--toy_n_train=64', '--toy_n_val=8', '--toy_max_len=5',
@@ -283,6 +283,10 @@ ROWS = [
     ('sample: only separators', lambda e, m: sample_main(e, '--start=, ,'), ValueError, 'holds no prompt'),
     ('sample: FILE: names a folder', lambda e, m: sample_main(e, f'--start=FILE:{e.tmp}'),
      FileNotFoundError, 'no such file'),
+    ('sample: FILE: names a binary file', lambda e, m: sample_main(e, f"--start=FILE:{e.run}/ckpt.pt"),
+     ValueError, 'not a UTF-8 text file'),
+    ('plot.py on a folder without a run', lambda e, m: plot.main([str(e.tmp / 'empty')]),
+     FileNotFoundError, 'holds no log.jsonl: pass the out_dir of a run'),
     ('sample: no samples asked for', lambda e, m: sample_main(e, '--num_samples=0'), ValueError, 'num_samples=0'),
     ('sample: a tensor as checkpoint', lambda e, m: sample.main([f"--ckpt={e.tmp / 'tensor.pt'}"]),
      ValueError, 'not a checkpoint written by train.py'),
