@@ -119,13 +119,15 @@ def lost_peer(e):
     torchrun stops them with SIGTERM; their own error says nothing of the cause."""
     if not launched():
         return None
-    gone = ('Connection reset by peer', 'Connection closed by peer', 'Broken pipe')
-    if not (isinstance(e, dist.DistNetworkError) or (isinstance(e, RuntimeError) and any(g in str(e) for g in gone))
-            or (isinstance(e, KeyboardInterrupt) and str(e) == 'SIGTERM')):
-        return None
     import configurator
-    return ("another process of this run stopped (killed, or failed: see its output), so this one stopped too"
-            + (f"; {configurator.HOW_TO_CONTINUE}" if configurator.HOW_TO_CONTINUE else ""))
+    then = f"; {configurator.HOW_TO_CONTINUE}" if configurator.HOW_TO_CONTINUE else ""
+    if isinstance(e, KeyboardInterrupt) and str(e) == 'SIGTERM':
+        return (f"stopped by SIGTERM, which torchrun sends when another process of this run stopped (killed, "
+                f"or failed: see its output) or when the run itself is stopped{then}")
+    gone = ('Connection reset by peer', 'Connection closed by peer', 'Broken pipe')
+    if isinstance(e, dist.DistNetworkError) or (isinstance(e, RuntimeError) and any(g in str(e) for g in gone)):
+        return f"another process of this run stopped (killed, or failed: see its output), so this one stopped too{then}"
+    return None
 
 
 def error_line(text):
