@@ -22,6 +22,10 @@ machine a change of load slows all of them alike. Memory: on CUDA a case's param
 state plus its peak rise during a call; on a CPU the process's peak RSS so far, which is process-wide
 and never goes down, so it says how big the largest case was, not each case's own footprint.
 """
+import configurator  # first, so Ctrl-C while the rest loads prints one line
+if __name__ == '__main__':
+    configurator.catch_signals("run it again")
+
 import json
 import os
 import platform
@@ -37,7 +41,7 @@ import torch
 from bai import compute_loss
 from utils import distributed
 from utils.checkpoint import build_model
-from configurator import check_ranges, configure, pick_device, run_main
+from configurator import atomic_file, check_ranges, configure, pick_device, run_main
 from adapters import KINDS, adapted_layers, add_adapters, set_adapter
 from model import GPT, GPTConfig, configure_optimizers
 from data.tasks import collate, collate_prompts
@@ -136,7 +140,10 @@ def loss_of(method, model, batch):
     if method == 'causal':
         return model(batch['idx'], batch['targets'], return_logits=False)[1]
     if method == 'bai':
-        return compute_loss(model, batch, weight=1.0)[0]  # CE + 1.0 * L_BAI from one forward
+        # CE + 1.0 * L_BAI from one forward. BAI's default pivots (the block before the last) need two
+        # blocks; a 1-block model takes them after ln_f (-1), as train.py's --bai_layer=-1 would
+        layer = -2 if model.config.n_layer > 1 else -1
+        return compute_loss(model, batch, weight=1.0, layer=layer)[0]
     return model(batch)[0]                                # Bitune: Passes A and B, the mix, Pass C
 
 
@@ -270,6 +277,15 @@ def table(title, rows):
         print('  '.join(f"{cell(r[k]):>{w[k]}}" for k in w))
 
 
+def check_writable(path):
+    """Fail at start-up if --out cannot be written: its folder must exist and take a new file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        why = 'is a folder' if os.path.isdir(path) else f'is in {folder}, which ' + (
+            'is not writable' if os.path.isdir(folder) else 'does not exist')
+        raise ValueError(f"out={path!r} {why}; pass --out=FILE.json in a folder you can write to")
+
+
 def main(argv=None):
     c = configure(DEFAULTS, sys.argv[1:] if argv is None else argv)
     if c['model'] not in ('toy', 'gpt2-shape'):
@@ -290,6 +306,7 @@ def main(argv=None):
             ('gen_peft', c['gen_peft'], ('none',) + KINDS), ('dtype', c['dtype'], ('auto', 'float32', 'bfloat16'))]:
         if value not in allowed:
             raise ValueError(f"{key}={value!r}: choose from {allowed}")
+    check_writable(c['out'])  # now, not after minutes of benchmarking
     if c['threads'] > 0:
         torch.set_num_threads(c['threads'])
     rank, c['processes'], dev = distributed.setup(pick_device(c['device']))  # (0, 1, device) without torchrun
@@ -326,7 +343,7 @@ def main(argv=None):
         distributed.teardown()
         result = dict(machine=machine, config=c, token_ratio=ratio, train=train)
         if rank == 0:
-            with open(c['out'], 'w') as f:
+            with atomic_file(c['out']) as f:
                 json.dump(result, f, indent=1)
         print(f"{time.time() - t0:.0f}s; wrote {c['out']}")
         return result
@@ -341,7 +358,7 @@ def main(argv=None):
     machine['load_after'] = load()
     print(f"{time.time() - t0:.0f}s; load average at the end {machine['load_after']}")
     result = dict(machine=machine, config=c, token_ratio=ratio, train=train, generate=gen, lora=lora, targets=goals)
-    with open(c['out'], 'w') as f:
+    with atomic_file(c['out']) as f:
         json.dump(result, f, indent=1)
     print(f"wrote {c['out']}")
     return result

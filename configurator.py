@@ -2,7 +2,9 @@
 Command-line and config-file overrides for the plain globals of train.py,
 sample.py and bench.py, nanoGPT style; the checks of those settings
 (check_train_config, check_ranges, pick_device); and the way every script
-reports a failure: one line that starts with `error:` (run_main).
+reports a failure: one line that starts with `error:` (run_main), including a
+Ctrl-C, a SIGTERM (catch_signals) and a full disk; and the one way files are
+written whole or not at all (atomic_file).
 
     python train.py config/lab_toy.py --max_iters=500 --method=causal
 
@@ -14,10 +16,13 @@ hour into a run.
 """
 import ast
 import difflib
+import errno
 import math
 import os
+import signal
 import sys
 import types
+from contextlib import contextmanager
 
 
 def configure(defaults, argv):
@@ -75,16 +80,53 @@ def _set(config, key, value, where):
     config[key] = value
 
 
+# how to go on after an interruption or a full disk; each script names its own (catch_signals)
+HOW_TO_CONTINUE = ''
+
+
+def catch_signals(how_to_continue):
+    """Called first thing by a script started from the command line, before its slow imports (torch
+    takes seconds to load): from then on Ctrl-C or SIGTERM (from `kill`, a job scheduler or torchrun)
+    ends it with one line, `error: interrupted; <how_to_continue>`, never a traceback. Until run_main
+    starts main() the process just exits: nothing has been written yet, and an interrupt raised inside
+    a library's import can come out as some other error. Inside main() both raise KeyboardInterrupt,
+    so the clean-up runs (atomic_file removes its .tmp) before run_main prints the line."""
+    global HOW_TO_CONTINUE
+    HOW_TO_CONTINUE = how_to_continue
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _exit_now)
+
+
+def _exit_now(signum, frame):
+    print(f"error: {describe(KeyboardInterrupt(_name(signum)))}", file=sys.stderr, flush=True)
+    os._exit(130)  # the exit status of an interrupted program
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(_name(signum))
+
+
+def _name(signum):
+    return '' if signum == signal.SIGINT else signal.Signals(signum).name  # Ctrl-C needs no name
+
+
+def _debug():
+    return os.environ.get('NANOBIDIR_DEBUG', '') not in ('', '0')
+
+
 def run_main(main, *known):
     """Run a script's main() for a person at a terminal: a failure prints one line, `error: ...`,
-    and exits with status 1 (130 for Ctrl-C). NANOBIDIR_DEBUG=1 shows the whole traceback instead."""
+    and exits with status 1 (130 for Ctrl-C or SIGTERM). NANOBIDIR_DEBUG=1 shows the whole traceback instead."""
+    if signal.getsignal(signal.SIGINT) is _exit_now:  # catch_signals ran: from here on, interrupts clean up
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _interrupt)
     try:
         return main()
     except (KeyboardInterrupt, Exception) as e:
-        if os.environ.get('NANOBIDIR_DEBUG', '') not in ('', '0'):
+        if _debug():
             raise
-        from utils.distributed import error_line  # under torchrun, only the first process to fail reports
-        line = error_line(describe(e, known))
+        from utils.distributed import error_line, lost_peer  # under torchrun, only the first process to fail reports
+        line = error_line(lost_peer(e) or describe(e, known))
         if line:
             print(line, file=sys.stderr)
         sys.exit(130 if isinstance(e, KeyboardInterrupt) else 1)
@@ -95,13 +137,17 @@ def describe(e, known=()):
     such as a missing file or no network, or one of `known`) carries a message that says what was
     wrong and what to do. Anything else is a bug rather than the user's mistake (a ValueError from
     inside torch included): its type goes with the message."""
+    then = f"; {HOW_TO_CONTINUE}" if HOW_TO_CONTINUE else ""
+    if isinstance(e, KeyboardInterrupt):
+        return f"interrupted{f' ({e})' if str(e) else ''}{then}"
+    if disk_full(e):
+        return (f"the disk is full{f' (writing {e.filename})' if e.filename else ''}: free space on it (old runs' "
+                f"out_dir folders, checkpoints, downloads){then}")
     if isinstance(e, OSError) and e.strerror and e.filename:
         text = f"{e.strerror}: {e.filename}"  # 'No such file or directory: x' rather than '[Errno 2] ...'
     else:
         text = str(e) or type(e).__name__
     text = ' '.join(text.split())
-    if isinstance(e, KeyboardInterrupt):
-        return "interrupted"
     if isinstance(e, (OSError, *known)) or (isinstance(e, ValueError) and _raised_here(e)):
         return text
     if isinstance(e, MemoryError) or type(e).__name__ == 'OutOfMemoryError':  # torch's, on a GPU
@@ -109,6 +155,31 @@ def describe(e, known=()):
                 f"the step's size), block_size or model")
     return (f"unexpected {type(e).__name__}: {text} (this looks like a bug; rerun with NANOBIDIR_DEBUG=1 "
             f"to see where it happened)")
+
+
+def disk_full(e):
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def atomic_file(path, mode='w'):
+    """Write path whole or not at all: into path.tmp, renamed to path once complete. os.replace is atomic,
+    so a reader, or a run killed mid-write, finds the old file or the new one, never half of one. On any
+    failure the .tmp is removed, so that after a full disk our leftovers do not keep it full. A full
+    disk's OSError names path (torch.save's writes name no file)."""
+    tmp = path + '.tmp'
+    try:
+        with open(tmp, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if disk_full(e) and not e.filename:
+            raise OSError(e.errno, e.strerror, path) from e
+        raise
 
 
 def _raised_here(e):

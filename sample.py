@@ -10,6 +10,10 @@ A Bitune checkpoint generates with Bitune's two-pass prefill automatically: the
 model it rebuilds has the same generate() as a plain GPT. BAI changes nothing at
 inference, so a BAI checkpoint samples like any other.
 """
+import configurator  # first, so Ctrl-C while the rest loads prints one line
+if __name__ == '__main__':
+    configurator.catch_signals("nothing was written; run it again")
+
 import os
 import sys
 
@@ -54,8 +58,11 @@ def prompts_from(c, meta):
     if text.startswith('FILE:'):
         if not os.path.isfile(text[5:]):
             raise FileNotFoundError(f"--start={text}: no such file (FILE: reads the prompt from a text file)")
-        with open(text[5:], encoding='utf-8') as f:
-            text = f.read()
+        try:
+            with open(text[5:], encoding='utf-8') as f:
+                text = f.read()
+        except UnicodeDecodeError:
+            raise ValueError(f"--start={text}: not a UTF-8 text file; save the prompt as plain text") from None
     if not text.strip():
         raise ValueError("the prompt is empty: give one with --start=... or --start=FILE:path")
     if meta['tokenizer'] == 'char':  # a toy task: "31415 R" per prompt, separated by commas or lines

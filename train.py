@@ -19,6 +19,10 @@ Train a model on prompt -> answer examples, with one of three methods:
 Every setting is a plain global below; `--key=value` or a config file overrides
 it (configurator.py checks names and types).
 """
+import configurator  # first, so Ctrl-C while the rest loads prints one line
+if __name__ == '__main__':
+    configurator.catch_signals("continue the run with --init_from=resume (from its last checkpoint)")
+
 import json
 import math
 import os
@@ -248,7 +252,8 @@ def main(argv=None):
     iter_num, saved = 0, None  # saved: the iteration of the last checkpoint on disk
     if ckpt is not None:
         iter_num = saved = restore_state(ckpt, optimizer, data_rng)
-        trim_log(log_path, iter_num)  # rows logged after this checkpoint will be logged again
+        if rank == 0:  # the one process that writes the log
+            trim_log(log_path, iter_num)  # rows logged after this checkpoint will be logged again
         print(f"resumed from {ckpt_path} at iteration {iter_num}")
     elif c.overwrite and rank == 0:
         start_fresh(c.out_dir)  # check_out_dir refused an old run here unless overwrite=True

@@ -13,8 +13,10 @@ Fitting into --block_size tokens:
     --max_answer tokens, still ending in <|endoftext|>. Both are counted.
 """
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -22,7 +24,7 @@ import urllib.request
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for configurator
-from configurator import run_main  # noqa: E402  (the prepare scripts report failures like every other script)
+from configurator import catch_signals, disk_full, run_main  # noqa: E402  (the prepare scripts report failures like every other script)
 
 EOS = 50256  # GPT-2's <|endoftext|>; also used as the padding id (GPT-2 has no pad token)
 GPT2_META = {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eos': EOS, 'pad': EOS, 'bos': None, 'metric': 'rouge'}
@@ -67,7 +69,12 @@ def download(url, path):
                 while chunk := r.read(1 << 16):
                     f.write(chunk)
                     bar.update(len(chunk))
-    except OSError as e:  # URLError, timeouts and refused connections are all OSErrors
+    except BaseException as e:
+        if os.path.exists(path + '.part'):
+            os.remove(path + '.part')
+        if not isinstance(e, OSError) or disk_full(e):  # Ctrl-C, or a full disk: not the network's fault
+            raise
+        # URLError, timeouts and refused connections are all OSErrors
         raise ConnectionError(f"could not download {url} ({e}). If this machine is offline, get the files "
                               f"elsewhere and pass --src DIR with the folder holding them.") from e
     os.replace(path + '.part', path)
@@ -88,17 +95,31 @@ def fetch(urls, src, raw_dir):
     return paths
 
 
-def read_jsonl(path, limit=None):
+def read_jsonl(path, limit=None, fields=None):
+    """The records of a raw .jsonl file (the first `limit` of them). fields: {name: str or list}, what each
+    record must hold (a list: of strings, at least one), so a record of another format fails here with its
+    line and field, not later as a strange error or, worse, a string read as a list of characters."""
     records = []
     with open(path, encoding='utf-8') as f:
         for i, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    records.append(json.loads(line))
+                    records.append((i, json.loads(line)))
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path} line {i} is not valid JSON ({e}); the file is damaged "
                                      f"(cut short?): delete it and download it again") from None
-    return records[:limit]
+    for i, r in records[:limit]:
+        for name, kind in (fields or {}).items():
+            value = r.get(name) if isinstance(r, dict) else None
+            ok = isinstance(value, str) if kind is str else (
+                isinstance(value, list) and value and all(isinstance(v, str) for v in value))
+            if not ok:
+                want = 'a string' if kind is str else 'a list of strings'
+                wrong = (f"the record is a {type(r).__name__}, not an object with {name!r}" if not isinstance(r, dict)
+                         else f"the record lacks {name!r} ({want})" if value is None else
+                         f"field {name!r} must be {want} (got {type(value).__name__} {json.dumps(value)[:40]})")
+                raise ValueError(f"{path} line {i}: {wrong}; pass the folder with the dataset's original files")
+    return [r for _, r in records[:limit]]
 
 
 def encode_prompt(enc, template, text, max_len=None):
@@ -164,31 +185,55 @@ def prepare(name, doc, urls, template, load_records, argv=None):
     if any(os.path.realpath(p) in map(os.path.realpath, outputs) for p in paths.values()):
         raise ValueError(f"--src and --out_dir are both {out_dir}: the outputs would overwrite the raw files")
     enc = get_gpt2()
-    os.makedirs(out_dir, exist_ok=True)
-    stats = {}
+    splits = load_records(paths, args.limit)
+    # All or nothing: every file is written into tmp first; only when all of them are complete do they
+    # replace the old ones, meta.json removed first and renamed into place last. meta.json lists a hash of
+    # each split, and tasks.load_task reads no split that does not match it, so a prepare.py stopped
+    # anywhere (an error, Ctrl-C, a full disk, a kill between two renames) leaves the old dataset, no
+    # dataset ("not prepared"), or the new one, never train.jsonl of one preparation with val.jsonl of
+    # another. (Renaming one whole folder would be a single step, but out_dir is the user's folder.)
+    tmp = os.path.join(out_dir, '.prepare-tmp')
+    shutil.rmtree(tmp, ignore_errors=True)  # what a killed earlier run left
+    os.makedirs(tmp)
     try:
-        splits = load_records(paths, args.limit)
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"the raw files in {os.path.dirname(next(iter(paths.values())))} are not {name}'s "
-                         f"records (a record lacks {e}); pass the folder with the original files") from None
-    for split, records in splits.items():
-        examples, c = build_split(records, split, enc, template, args.block_size, args.max_answer)
-        if not examples:
-            raise ValueError(f"{split}: the raw file has no records" if not c['records'] else
-                             f"{split}: none of the {c['records']} records fits in --block_size "
-                             f"{args.block_size} tokens; raise it")
-        with open(os.path.join(out_dir, f'{split}.jsonl'), 'w') as f:
-            f.writelines(json.dumps(ex) + '\n' for ex in examples)
-        stats[split] = c
-        print(f"{split:5s}: {c['records']} records -> {c['examples']} examples; "
-              + (f"{c['dropped']} dropped (prompt + answer > {args.block_size} tokens)" if split == 'train' else
-                 f"{c['truncated']} prompts cut to {args.block_size - args.max_answer} tokens, "
-                 f"{c['answers_cut']} answers cut to {args.max_answer}"))
-    # block_size/max_answer tell train.py how the val/test prompts were fitted and how long to generate
-    # the template lets sample.py turn a raw text into a prompt the model was trained on
-    meta = {'name': name, **GPT2_META, 'block_size': args.block_size, 'max_answer': args.max_answer,
-            'template': template}
-    with open(os.path.join(out_dir, 'meta.json'), 'w') as f:
-        json.dump(meta, f, indent=1)
-    print(f"wrote meta.json and {', '.join(f'{s}.jsonl' for s in stats)} to {os.path.relpath(out_dir)}")
+        stats, hashes = {}, {}
+        for split, records in splits.items():
+            examples, c = build_split(records, split, enc, template, args.block_size, args.max_answer)
+            if not examples:
+                raise ValueError(f"{split}: the raw file has no records" if not c['records'] else
+                                 f"{split}: none of the {c['records']} records fits in --block_size "
+                                 f"{args.block_size} tokens; raise it")
+            text = ''.join(json.dumps(ex) + '\n' for ex in examples).encode()
+            with open(os.path.join(tmp, f'{split}.jsonl'), 'wb') as f:
+                f.write(text)
+            hashes[f'{split}.jsonl'] = file_hash(text)
+            stats[split] = c
+            print(f"{split:5s}: {c['records']} records -> {c['examples']} examples; "
+                  + (f"{c['dropped']} dropped (prompt + answer > {args.block_size} tokens)" if split == 'train' else
+                     f"{c['truncated']} prompts cut to {args.block_size - args.max_answer} tokens, "
+                     f"{c['answers_cut']} answers cut to {args.max_answer}"))
+        # block_size/max_answer tell train.py how the val/test prompts were fitted and how long to generate;
+        # the template lets sample.py turn a raw text into a prompt the model was trained on
+        meta = {'name': name, **GPT2_META, 'block_size': args.block_size, 'max_answer': args.max_answer,
+                'template': template, 'files': hashes}
+        with open(os.path.join(tmp, 'meta.json'), 'w') as f:
+            json.dump(meta, f, indent=1)
+        if os.path.exists(outputs[-1]):
+            os.remove(outputs[-1])
+        for file in [*hashes, 'meta.json']:
+            os.replace(os.path.join(tmp, file), os.path.join(out_dir, file))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote meta.json and {', '.join(hashes)} to {os.path.relpath(out_dir)}")
     return stats
+
+
+def file_hash(data):
+    """The hash meta.json keeps of a split file's bytes (tasks.load_task compares it)."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def run_script(main):
+    """A prepare script's __main__: Ctrl-C or a failure prints one line (configurator.run_main)."""
+    catch_signals("the dataset in the output folder is unchanged; run it again")
+    run_main(main)

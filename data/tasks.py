@@ -48,12 +48,27 @@ def load_task(name, data_dir='data', **toy_options):
     lost = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
     if lost:
         raise ValueError(f"{needed[0]} lacks {lost}: {redo}")
+    check_files_match(meta, files, needed[0], redo)
     task = {'meta': meta}
     for split, path in files.items():
         if os.path.exists(path):  # 'test' is optional
             task[split] = read_json(path, redo, lines=True)
             check_examples(task[split], meta, path, redo)
     return task
+
+def check_files_match(meta, files, meta_path, redo):
+    """prepare.py writes into meta.json a hash of each split it wrote (data/prepare_common.py says why):
+    a split that does not match comes from another preparation, or from one stopped midway."""
+    if 'files' not in meta:  # written by hand, not by a prepare.py
+        return
+    from data.prepare_common import file_hash
+    for path in files.values():
+        if os.path.exists(path):
+            with open(path, 'rb') as f:
+                if file_hash(f.read()) != meta['files'].get(os.path.basename(path)):
+                    raise ValueError(f"{path} is not the file {meta_path} describes (it is from another "
+                                     f"preparation, or one that was stopped midway); {redo}")
+
 
 def read_json(path, redo, lines=False):
     """The JSON value in a file, or (lines=True) the list of values of a .jsonl file, one per line. A file

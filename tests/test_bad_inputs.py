@@ -30,7 +30,7 @@ from helpers import ROOT, load_script, randomize_adapters, write_jsonl, write_sa
 from labs import labs
 from adapters import add_adapters
 from model import GPT, GPTConfig
-from utils import checkpoint, weights
+from utils import checkpoint, plot, weights
 
 TINY = ['--method=causal', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=32', '--batch_size=8',
         '--eval_iters=1', '--eval_examples=4', '--toy_n_train=64', '--toy_n_val=8', '--toy_max_len=5',
@@ -148,6 +148,15 @@ def raw_dialogsum(e, records):
     return str(src)
 
 
+def prepare_scitldr(e, record):
+    """scitldr's prepare.py on raw files whose second record is `record`."""
+    e.n += 1
+    src = e.tmp / f'raw{e.n}'
+    for split in ('train', 'dev', 'test'):
+        write_jsonl(src / f'{split}.jsonl', [{'source': ['One.'], 'target': ['x']}, record])
+    return load_script('scitldr').main(['--src', str(src), '--out_dir', fresh(e)])
+
+
 def truncated_raw(e):
     src = raw_dialogsum(e, [{'fname': 'a', 'dialogue': '#Person1#: Hi.', 'summary': 'A greeting.'}] * 3)
     with open(os.path.join(src, 'dialogsum.train.jsonl'), 'a') as f:
@@ -157,6 +166,13 @@ def truncated_raw(e):
 
 def sample_main(e, *argv):
     return sample.main([f'--ckpt={e.run}/ckpt.pt', *argv])
+
+
+def no_ckpt(e):
+    """A run killed while it wrote its first checkpoint: its first log row, a .tmp, no ckpt.pt."""
+    out = shutil.copytree(e.run, fresh(e))
+    os.replace(os.path.join(out, 'ckpt.pt'), os.path.join(out, 'ckpt.pt.tmp'))
+    return out
 
 
 def moved_run_resumes(e, monkeypatch):
@@ -218,6 +234,16 @@ ROWS = [
     ('prepare.py raw records of another dataset', lambda e, m: prepare(
         e, '--src', raw_dialogsum(e, [{'source': ['x'], 'target': ['y']}]), '--out_dir', fresh(e)),
      ValueError, "lacks 'dialogue'"),
+    ('prepare.py a list field given as a string', lambda e, m: prepare_scitldr(e, {'source': 'One. Two.', 'target': ['x']}),
+     ValueError, r"train.jsonl line 2: field 'source' must be a list of strings \(got str"),
+    ('prepare.py an empty list of summaries', lambda e, m: prepare_scitldr(e, {'source': ['One.'], 'target': []}),
+     ValueError, r"line 2: field 'target' must be a list of strings \(got list \[\]"),
+    ('prepare.py a summary that is a number', lambda e, m: prepare(
+        e, '--src', raw_dialogsum(e, [{'dialogue': 'Hi.', 'summary': 5}]), '--out_dir', fresh(e)),
+     ValueError, r"dialogsum.train.jsonl line 1: field 'summary' must be a string \(got int 5\)"),
+    ('prepare.py a record that is not an object', lambda e, m: prepare(
+        e, '--src', raw_dialogsum(e, [['Hi.', 'A greeting.']]), '--out_dir', fresh(e)),
+     ValueError, "line 1: the record is a list, not an object with 'dialogue'"),
     ('prepare.py --limit=0', lambda e, m: prepare(e, '--limit', '0'), ValueError, '--limit must be at least 1'),
     ('prepare.py unknown option', lambda e, m: prepare(e, '--srcc', 'x'), ValueError, 'unrecognized arguments'),
     # checkpoints
@@ -235,6 +261,10 @@ ROWS = [
     ('resume a moved run, named relatively', moved_run_resumes, None, None),
     ('init_from its own checkpoint', lambda e, m: run_train(e, f'--init_from={e.run}/ckpt.pt', '--overwrite=True',
                                                             out=e.run), ValueError, "this run's own checkpoint"),
+    ('resume a run killed before its first checkpoint', lambda e, m: run_train(e, '--init_from=resume', out=no_ckpt(e)),
+     ValueError, 'stopped before writing its first checkpoint.*start it over with --overwrite=True'),
+    ('restart it without overwrite', lambda e, m: run_train(e, out=no_ckpt(e)),
+     ValueError, 'cannot be resumed: start it over with --overwrite=True'),
     ('adapters whose base is gone', lambda e, m: checkpoint.model_from_checkpoint(copy_ckpt(
         f'{e.lora}/ckpt.pt', e.tmp / 'orphan.pt', init_from=str(e.tmp / 'gone.pt'))),
      FileNotFoundError, 'not there any more'),
@@ -253,6 +283,10 @@ ROWS = [
     ('sample: only separators', lambda e, m: sample_main(e, '--start=, ,'), ValueError, 'holds no prompt'),
     ('sample: FILE: names a folder', lambda e, m: sample_main(e, f'--start=FILE:{e.tmp}'),
      FileNotFoundError, 'no such file'),
+    ('sample: FILE: names a binary file', lambda e, m: sample_main(e, f"--start=FILE:{e.run}/ckpt.pt"),
+     ValueError, 'not a UTF-8 text file'),
+    ('plot.py on a folder without a run', lambda e, m: plot.main([str(e.tmp / 'empty')]),
+     FileNotFoundError, 'holds no log.jsonl: pass the out_dir of a run'),
     ('sample: no samples asked for', lambda e, m: sample_main(e, '--num_samples=0'), ValueError, 'num_samples=0'),
     ('sample: a tensor as checkpoint', lambda e, m: sample.main([f"--ckpt={e.tmp / 'tensor.pt'}"]),
      ValueError, 'not a checkpoint written by train.py'),
@@ -448,3 +482,66 @@ def test_7_resume_after_a_kill_during_a_checkpoint_write_logs_each_row_once(e, m
     a, b = read_log(straight), read_log(killed)
     assert [r['iter'] for r in b] == [0, 2, 4, 6]
     assert [(r.get('train_loss'), r['val_loss']) for r in a] == [(r.get('train_loss'), r['val_loss']) for r in b]
+
+
+# -----------------------------------------------------------------------------
+# a full disk: the old file stays, no .tmp is left to keep the disk full, one line says what to do
+
+def full_disk_for(monkeypatch, name, nth=1):
+    """From the nth file written to `name` (through atomic_file) on, the disk is full: the .tmp is
+    created, then every write fails as on a full disk (/dev/full answers ENOSPC)."""
+    real_open, calls = open, []
+
+    def open_(path, mode='r', *a, **k):
+        if os.path.basename(path) == name + '.tmp':
+            calls.append(1)
+            if len(calls) >= nth:
+                real_open(path, mode).close()
+                return real_open('/dev/full', mode)
+        return real_open(path, mode, *a, **k)
+    monkeypatch.setattr(configurator, 'open', open_, raising=False)
+
+
+@pytest.mark.skipif(not os.path.exists('/dev/full'), reason='needs /dev/full')
+def test_8_a_full_disk_keeps_the_last_checkpoint_and_the_log_and_leaves_no_tmp(e, monkeypatch):
+    out = fresh(e)
+    with monkeypatch.context() as m:
+        full_disk_for(m, 'ckpt.pt', nth=2)  # the checkpoint of iteration 4
+        with pytest.raises(OSError) as err:
+            run_train(e, '--max_iters=4', out=out)
+    assert configurator.describe(err.value).startswith(f"the disk is full (writing {out}/ckpt.pt): free space on it")
+    assert not os.path.exists(f'{out}/ckpt.pt.tmp')
+    assert torch.load(f'{out}/ckpt.pt', weights_only=True)['iter_num'] == 2
+    log = open(f'{out}/log.jsonl').read()
+    with monkeypatch.context() as m:
+        full_disk_for(m, 'log.jsonl')  # the resume's trim_log
+        with pytest.raises(OSError, match='No space left'):
+            run_train(e, '--max_iters=4', '--init_from=resume', out=out)
+    assert open(f'{out}/log.jsonl').read() == log and not os.path.exists(f'{out}/log.jsonl.tmp')
+    run_train(e, '--max_iters=4', '--init_from=resume', out=out)  # once there is space, it goes on
+    assert [r['iter'] for r in read_log(out)] == [0, 2, 4]
+
+
+# -----------------------------------------------------------------------------
+# a run trained with adapters as the base of another: what it learned is folded in, not dropped
+
+@pytest.mark.parametrize('peft, lr', [('lora', 0.05), ('dora', 0.05), ('ia3', 1.0)])
+def test_9_a_scratch_run_with_adapters_is_a_base_with_its_adapters_folded_in(e, capsys, peft, lr):
+    a, b = fresh(e), fresh(e)
+    run_train(e, f'--peft={peft}', f'--learning_rate={lr}', '--max_iters=4', out=a)
+    first, last = read_log(a)[0]['val_loss'], read_log(a)[-1]['val_loss']
+    assert abs(first - last) > 0.005  # the adapters learned something, which dropping them would lose
+    capsys.readouterr()
+    run_train(e, f'--init_from={a}/ckpt.pt', out=b)  # fine-tune every weight of it, on the same data
+    assert f"its trained {peft} adapter is folded into the base weights" in capsys.readouterr().out
+    assert read_log(b)[0]['val_loss'] == pytest.approx(last, rel=1e-5)  # iteration 0 starts where A ended
+    c = fresh(e)
+    run_train(e, f'--init_from={b}/ckpt.pt', '--peft=lora', out=c)  # and adapters on it again
+    assert read_log(c)[0]['val_loss'] == pytest.approx(read_log(b)[-1]['val_loss'], rel=1e-5)
+
+
+def test_9_an_adapter_only_checkpoint_is_a_base_with_its_own_base_rebuilt_and_folded(e, capsys):
+    out = fresh(e)
+    run_train(e, f'--init_from={e.lora}/ckpt.pt', out=out)  # e.lora: LoRA on e.base, saved without the base
+    assert 'its trained lora adapter is folded into the base weights' in capsys.readouterr().out
+    assert read_log(out)[0]['val_loss'] == pytest.approx(read_log(e.lora)[-1]['val_loss'], rel=1e-5)

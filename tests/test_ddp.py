@@ -110,6 +110,20 @@ def test_a_failing_process_ends_the_run_with_one_error_line(tmp_path):
     assert '[rank0]' not in r.stderr and '[rank1]' not in r.stderr  # no traceback from either process
 
 
+KILLED = CRASH.replace("raise RuntimeError('injected failure')", "os.kill(os.getpid(), signal.SIGKILL)").replace(
+    'import os, runpy, sys', 'import os, runpy, signal, sys').replace('fails in', 'is killed (SIGKILL) in')
+
+
+def test_a_killed_process_ends_the_run_with_a_line_that_says_so_and_how_to_resume(tmp_path):
+    script = tmp_path / 'killed.py'
+    script.write_text(KILLED)
+    r = torchrun('--method=causal', '--max_iters=50', f'--out_dir={tmp_path / "out"}', script=str(script))
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if 'error: ' in line]
+    assert len(errors) == 1 and errors[0].startswith('error: rank 0: another process of this run stopped'), r.stderr[-3000:]
+    assert '--init_from=resume' in errors[0] and 'bug' not in errors[0]
+
+
 # ---- in this process, in a process group of one
 
 

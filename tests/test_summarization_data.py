@@ -57,6 +57,7 @@ def test_dialogsum(enc, tmp_path):
     assert (stats['test']['truncated'], stats['test']['answers_cut']) == (1, 0)
 
     meta, splits = read_out(tmp_path / 'dialogsum')
+    assert set(meta.pop('files')) == {'train.jsonl', 'val.jsonl', 'test.jsonl'}  # their hashes (test_robust_data.py)
     assert meta == {'name': 'dialogsum', 'tokenizer': 'gpt2', 'vocab_size': 50257, 'eos': EOS, 'pad': EOS,
                     'bos': None, 'metric': 'rouge', 'block_size': BLOCK, 'max_answer': MAX_ANSWER,
                     'template': mod.TEMPLATE}  # sample.py wraps a raw text with it

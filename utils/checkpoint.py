@@ -21,7 +21,8 @@ import os
 
 import torch
 
-from adapters import add_adapters, is_adapter_param, mark_only_adapters_trainable, set_adapter
+from configurator import atomic_file
+from adapters import adapted_layers, add_adapters, is_adapter_param, mark_only_adapters_trainable, set_adapter
 from model import GPT, GPTConfig
 from utils.weights import GPT2_NAMES
 
@@ -55,17 +56,35 @@ def base_model(cfg, meta, device='cpu'):
         return gpt
     if src.endswith('.pt'):  # a base trained by an earlier run (e.g. pretrained on one toy operation)
         ckpt = load_checkpoint(src, device)
-        if ckpt['adapter_only']:
-            raise ValueError(f"{src} holds adapters only; fine-tune from a checkpoint trained with peft='none'")
         if ckpt['meta']['vocab_size'] != meta['vocab_size'] or ckpt['meta'].get('itos') != meta.get('itos'):
             raise ValueError(f"{src} was trained on another vocabulary than dataset '{meta['name']}'; "
                              f"use the same dataset family (e.g. toy with the same n_symbols)")
         gpt = GPT(GPTConfig(**{**ckpt['model_args'], 'dropout': cfg['dropout']}))
-        sd = {k[len('gpt.'):] if k.startswith('gpt.') else k: v for k, v in ckpt['model'].items()}
+        saved = ckpt['config']
+        if saved['peft'] != 'none':  # its base is frozen (random, for a scratch run): what it learned is adapters
+            sd = folded_state(src, device)
+            print(f"init_from={src}: its trained {saved['peft']} adapter is folded into the base weights"
+                  + (" (Bitune's 'bidir' prompt adapter and mixing are left out)" if 'bitune' in saved['method'] else ""))
+        else:
+            if saved['method'].startswith('bitune'):
+                print(f"init_from={src}: the base weights only (Bitune's 'bidir' prompt adapter and mixing are left out)")
+            sd = {k[len('gpt.'):] if k.startswith('gpt.') else k: v for k, v in ckpt['model'].items()}
         gpt.load_state_dict({k: v for k, v in sd.items() if not is_adapter_param(k)})
         return gpt
     raise ValueError(f"init_from={src!r}: use 'scratch', 'resume', a GPT-2 name {GPT2_NAMES}, "
                      f"a directory with config.json + model.safetensors, or a .pt checkpoint")
+
+
+def folded_state(path, device='cpu'):
+    """The weights of a plain GPT that reads left to right as checkpoint path's model does: its 'causal'
+    adapter (the one of every causal pass, Bitune's answer pass included) folded into the weights
+    (AdaptedLinear.merge). An adapter-only checkpoint gets its base back from its own init_from first;
+    one of a scratch run holds its random base (is_adapter_only), so either can be fine-tuned further."""
+    _, gpt, _ = model_from_checkpoint(path, device)
+    for layer in adapted_layers(gpt):
+        if 'causal' in layer.kind:
+            layer.merge('causal')
+    return gpt.state_dict()
 
 
 def build_model(cfg, meta, device='cpu'):
@@ -99,10 +118,10 @@ def state_to_save(model, cfg):
 
 
 def save_checkpoint(path, ckpt):
-    """Write to a temporary file, then rename: a run killed mid-write never leaves a broken checkpoint."""
-    tmp = path + '.tmp'
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # atomic on POSIX and Windows
+    """Write to a temporary file, then rename: a run killed mid-write (or a full disk) never leaves a
+    broken checkpoint, and the previous one stays until the new one is complete."""
+    with atomic_file(path, 'wb') as f:
+        torch.save(ckpt, f)
 
 
 def load_checkpoint(path, device='cpu'):
@@ -221,6 +240,11 @@ def check_out_dir(out_dir, init_from, overwrite):
         raise ValueError(f"init_from={init_from!r} is this run's own checkpoint, which it would overwrite; "
                          f"to continue that run use --init_from=resume, else choose another out_dir")
     old = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
+    if 'log.jsonl' in old and 'ckpt.pt' not in old and (init_from == 'resume' or not overwrite):
+        # killed (or out of disk) before its first checkpoint: there is nothing to resume, only to redo
+        raise ValueError(f"out_dir={out_dir!r} holds a run that stopped before writing its first checkpoint "
+                         f"(log.jsonl, no ckpt.pt), so it cannot be resumed: start it over with --overwrite=True "
+                         f"(without --init_from=resume), or choose another out_dir")
     if old and init_from != 'resume' and not overwrite:
         raise ValueError(f"out_dir={out_dir!r} already holds a run ({', '.join(old)}). Continue it with "
                          f"--init_from=resume, start it over with --overwrite=True (deletes its log and checkpoint), "
@@ -228,10 +252,12 @@ def check_out_dir(out_dir, init_from, overwrite):
 
 
 def start_fresh(out_dir):
-    """Delete an earlier run's log and checkpoint (only called with overwrite=True)."""
+    """Delete an earlier run's log and checkpoint, and the .tmp a killed write left of them (only called
+    with overwrite=True)."""
     for f in RUN_FILES:
-        if os.path.exists(os.path.join(out_dir, f)):
-            os.remove(os.path.join(out_dir, f))
+        for path in (os.path.join(out_dir, f), os.path.join(out_dir, f + '.tmp')):
+            if os.path.exists(path):
+                os.remove(path)
 
 
 def trim_log(path, iter_num):
@@ -250,6 +276,5 @@ def trim_log(path, iter_num):
             if row['iter'] > iter_num:
                 break
             keep.append(line if line.endswith('\n') else line + '\n')
-    with open(path + '.tmp', 'w') as f:
+    with atomic_file(path) as f:
         f.writelines(keep)
-    os.replace(path + '.tmp', path)

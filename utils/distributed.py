@@ -112,6 +112,24 @@ def barrier():
         dist.barrier()
 
 
+def lost_peer(e):
+    """The message for a process whose run lost another process, or None. When one process dies (killed,
+    out of memory, or failed), the others' next collective finds its connection gone (gloo: a
+    RuntimeError, 'Connection reset by peer' or 'closed by peer'; torch's DistNetworkError) or
+    torchrun stops them with SIGTERM; their own error says nothing of the cause."""
+    if not launched():
+        return None
+    import configurator
+    then = f"; {configurator.HOW_TO_CONTINUE}" if configurator.HOW_TO_CONTINUE else ""
+    if isinstance(e, KeyboardInterrupt) and str(e) == 'SIGTERM':
+        return (f"stopped by SIGTERM, which torchrun sends when another process of this run stopped (killed, "
+                f"or failed: see its output) or when the run itself is stopped{then}")
+    gone = ('Connection reset by peer', 'Connection closed by peer', 'Broken pipe')
+    if isinstance(e, dist.DistNetworkError) or (isinstance(e, RuntimeError) and any(g in str(e) for g in gone)):
+        return f"another process of this run stopped (killed, or failed: see its output), so this one stopped too{then}"
+    return None
+
+
 def error_line(text):
     """The line to print when a run fails: 'error: text', or None (exit quietly).
 

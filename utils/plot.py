@@ -13,11 +13,24 @@ import math
 import os
 import sys
 
-import matplotlib
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, when run as a script
+import configurator  # noqa: E402
+if __name__ == '__main__':  # before matplotlib loads (seconds): Ctrl-C from now on prints one line
+    configurator.catch_signals("nothing was lost; run it again")
+
+import matplotlib  # noqa: E402
+
 matplotlib.use('Agg')  # files only: works on a server with no display
 import matplotlib.pyplot as plt  # noqa: E402
+
+
+def save_png(fig, path):
+    """Write the figure whole or not at all (a killed run or a full disk leaves no half picture); returns path."""
+    fig.tight_layout()
+    with configurator.atomic_file(path, 'wb') as f:
+        fig.savefig(f, format='png', dpi=100)
+    plt.close(fig)
+    return path
 
 
 def read_log(out_dir):
@@ -34,11 +47,7 @@ def plot_run(out_dir):
     written = []
 
     def save(fig, name):
-        path = os.path.join(out_dir, name)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_png(fig, os.path.join(out_dir, name)))
 
     # losses; for BAI the awareness loss sits beside the autoregressive one
     has_bai = any('bai_loss' in r for r in rows)
@@ -109,7 +118,7 @@ def plot_attention(out_dir, text, layer=0):
     """out_dir/attention.png: a toy prompt read causally (top) and bidirectionally (bottom), per head.
     For a Bitune checkpoint each reading uses its own adapter, exactly as Passes B and A do."""
     import torch
-    from checkpoint import model_from_checkpoint
+    from utils.checkpoint import model_from_checkpoint
     from data.toy import toy
     model, gpt, ckpt = model_from_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
     meta = ckpt['meta']
@@ -132,17 +141,19 @@ def plot_attention(out_dir, text, layer=0):
             ax.set_yticks(range(len(labels)), labels, fontsize=7)
             ax.set_title(f"{attn}, head {h}", fontsize=9)
     fig.suptitle(f"layer {layer} attention on {text!r} (rows: queries, columns: keys)")
-    path = os.path.join(out_dir, 'attention.png')
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, os.path.join(out_dir, 'attention.png'))
+
+
+def main(argv):
+    if len(argv) not in (1, 2):
+        raise ValueError('usage: python utils/plot.py OUT_DIR ["31415 R"]')
+    if not os.path.isfile(os.path.join(argv[0], 'log.jsonl')):
+        raise FileNotFoundError(f"{argv[0]} holds no log.jsonl: pass the out_dir of a run of train.py")
+    for path in plot_run(argv[0]):
+        print('wrote', path)
+    if len(argv) == 2:
+        print('wrote', plot_attention(*argv))
 
 
 if __name__ == '__main__':
-    if len(sys.argv) not in (2, 3):
-        sys.exit('usage: python utils/plot.py OUT_DIR ["31415 R"]')
-    for path in plot_run(sys.argv[1]):
-        print('wrote', path)
-    if len(sys.argv) == 3:
-        print('wrote', plot_attention(sys.argv[1], sys.argv[2]))
+    configurator.run_main(lambda: main(sys.argv[1:]))  # a missing log or checkpoint: one line `error: ...`

@@ -23,6 +23,8 @@ import urllib.request
 
 import torch
 
+from configurator import disk_full
+
 GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
 HUB_URL = 'https://huggingface.co/openai-community/{name}/resolve/main/{file}'
 FILES = ('config.json', 'model.safetensors')
@@ -95,9 +97,12 @@ def _download(url, dest):
                     f.write(chunk)
                     bar.update(len(chunk))
         os.replace(tmp, dest)
-    except OSError as e:  # URLError, HTTPError, timeouts and socket errors are all OSErrors
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if not isinstance(e, OSError) or disk_full(e):  # Ctrl-C, or a full disk: not the network's fault
+            raise
+        # URLError, HTTPError, timeouts and socket errors are all OSErrors
         raise ConnectionError(
             f"could not download {url} ({e}). If this machine is offline, download "
             f"{' and '.join(FILES)} by hand from {url.rsplit('/', 1)[0]}/ into a directory "

@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for data/prepare_common.py
-from prepare_common import prepare, read_jsonl, run_main
+from prepare_common import prepare, read_jsonl, run_script
 
 # pinned commit, so everyone gets the same dev/test files
 URL = 'https://raw.githubusercontent.com/cylnlp/dialogsum/514112e9668ef16bc6997545f59c7b86e9ef5994/DialogSum_Data/'
@@ -25,7 +25,9 @@ TEMPLATE = "Summarize the dialogue.\n\n{text}\n\nSummary:"
 
 
 def load_records(paths, limit):
-    train, dev, test = (read_jsonl(paths[f'dialogsum.{s}.jsonl'], limit) for s in ('train', 'dev', 'test'))
+    one, three = {'dialogue': str, 'summary': str}, {'dialogue': str, **{f'summary{i}': str for i in (1, 2, 3)}}
+    train, dev, test = (read_jsonl(paths[f'dialogsum.{s}.jsonl'], limit, fields)
+                        for s, fields in (('train', one), ('dev', one), ('test', three)))
     return {'train': [(r['dialogue'].strip(), [r['summary']]) for r in train],
             'val': [(r['dialogue'].strip(), [r['summary']]) for r in dev],
             'test': [(r['dialogue'].strip(), [r[f'summary{i}'] for i in (1, 2, 3)]) for r in test]}
@@ -36,7 +38,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    run_main(main)  # a failure prints one line, `error: ...`
+    run_script(main)  # a failure or Ctrl-C prints one line, `error: ...`
 
 # python data/dialogsum/prepare.py --src ../shared/data/dialogsum prints (today's upstream train file
 # differs from that copy in some quote characters, so a download may drop one or two more or fewer):

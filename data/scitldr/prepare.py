@@ -18,7 +18,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for data/prepare_common.py
-from prepare_common import prepare, read_jsonl, run_main
+from prepare_common import prepare, read_jsonl, run_script
 
 URL = 'https://raw.githubusercontent.com/allenai/scitldr/master/SciTLDR-Data/SciTLDR-A/'
 URLS = {f'{s}.jsonl': URL + f'{s}.jsonl' for s in ('train', 'dev', 'test')}
@@ -29,7 +29,7 @@ def load_records(paths, limit):
     def pairs(split):
         # sentences sometimes carry stray spaces; train records have one target, dev/test several
         return [(' '.join(s.strip() for s in r['source']), r['target'])
-                for r in read_jsonl(paths[f'{split}.jsonl'], limit)]
+                for r in read_jsonl(paths[f'{split}.jsonl'], limit, {'source': list, 'target': list})]
     return {'train': pairs('train'), 'val': pairs('dev'), 'test': pairs('test')}
 
 
@@ -38,7 +38,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    run_main(main)  # a failure prints one line, `error: ...`
+    run_script(main)  # a failure or Ctrl-C prints one line, `error: ...`
 
 # python data/scitldr/prepare.py --src ../shared/data/scitldr prints:
 # train: 1992 records -> 1992 examples; 0 dropped (prompt + answer > 1024 tokens)
