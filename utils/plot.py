@@ -21,6 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_log(out_dir):
+    if not os.path.isfile(os.path.join(out_dir, 'log.jsonl')):
+        raise FileNotFoundError(f"{out_dir!r} holds no log.jsonl: give the out_dir of a training run "
+                                f"(python train.py writes out/)")
     with open(os.path.join(out_dir, 'log.jsonl')) as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -109,7 +112,7 @@ def plot_attention(out_dir, text, layer=0):
     """out_dir/attention.png: a toy prompt read causally (top) and bidirectionally (bottom), per head.
     For a Bitune checkpoint each reading uses its own adapter, exactly as Passes B and A do."""
     import torch
-    from checkpoint import model_from_checkpoint
+    from utils.checkpoint import model_from_checkpoint
     from data.toy import toy
     model, gpt, ckpt = model_from_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
     meta = ckpt['meta']
@@ -121,28 +124,37 @@ def plot_attention(out_dir, text, layer=0):
     from adapters import adapter, adapter_kinds
     readings = [('causal', getattr(model, 'causal_adapter', None)), ('bidir', getattr(model, 'a_adapter', None))]
     nh = gpt.config.n_head
-    fig, axes = plt.subplots(2, nh, figsize=(2.6 * nh, 5.4), squeeze=False)
+    fig, axes = plt.subplots(2, nh, figsize=(2.6 * nh + 1, 6), squeeze=False)
     for row, (attn, name) in enumerate(readings):
         with adapter(gpt, name if name in adapter_kinds(gpt) else None):
             w = attention_weights(gpt, idx, layer, attn)
         for h in range(nh):
             ax = axes[row][h]
-            ax.imshow(w[h].numpy(), vmin=0, vmax=1, cmap='viridis')
-            ax.set_xticks(range(len(labels)), labels, fontsize=7)
-            ax.set_yticks(range(len(labels)), labels, fontsize=7)
-            ax.set_title(f"{attn}, head {h}", fontsize=9)
-    fig.suptitle(f"layer {layer} attention on {text!r} (rows: queries, columns: keys)")
-    path = os.path.join(out_dir, 'attention.png')
+            im = ax.imshow(w[h].numpy(), vmin=0, vmax=1, cmap='viridis')
+            ax.set_xticks(range(len(labels)), labels, fontsize=8)
+            ax.set_yticks(range(len(labels)), labels, fontsize=8)
+            ax.set_title(f"{'causal (Pass B)' if attn == 'causal' else 'bidirectional (Pass A)'}, head {h}",
+                         fontsize=9)
+    fig.suptitle(f"layer {layer} attention weights on Bitune's prefix of {text!r}: the prompt minus its last token "
+                 f"{meta['itos'][toy.parse_prompt(text, meta)[-1]]!r}\n(rows: queries, columns: keys; "
+                 f"each row sums to 1)", fontsize=10)
     fig.tight_layout()
+    fig.colorbar(im, ax=axes, shrink=0.8, label='attention weight')
+    path = os.path.join(out_dir, 'attention.png')
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-if __name__ == '__main__':
-    if len(sys.argv) not in (2, 3):
-        sys.exit('usage: python utils/plot.py OUT_DIR ["31415 R"]')
-    for path in plot_run(sys.argv[1]):
+def main(argv):
+    if len(argv) not in (1, 2):
+        raise ValueError('usage: python utils/plot.py OUT_DIR ["31415 R"]')
+    for path in plot_run(argv[0]):
         print('wrote', path)
-    if len(sys.argv) == 3:
-        print('wrote', plot_attention(sys.argv[1], sys.argv[2]))
+    if len(argv) == 2:
+        print('wrote', plot_attention(argv[0], argv[1]))
+
+
+if __name__ == '__main__':
+    from configurator import run_main
+    run_main(lambda: main(sys.argv[1:]))  # a missing folder, checkpoint or a bad prompt: one `error:` line
