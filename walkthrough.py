@@ -31,7 +31,7 @@ from utils.checkpoint import build_model
 ckpt = ''  # a toy Bitune checkpoint from train.py; '' = a random 2-layer model
 plot = ''  # a .png path: draw the three passes' attention masks there
 DEFAULTS = {'ckpt': ckpt, 'plot': plot}
-PROMPTS = [('314', 'R'), ('27182', 'S')]  # two examples: prompts of 6 and 8 tokens, answers of 4 and 6
+PROMPTS = [('3141', 'R'), ('271828', 'S')]  # prompts of 7 and 9 tokens, answers of 5 and 7 (data: 4-12 symbols)
 SETTINGS = dict(init_from='scratch', method='bitune', peft='none', bitune_variant='full', bitune_theta_init=0.01,
                 n_layer=2, n_head=2, n_embd=16, block_size=32, dropout=0.0, bias=True,
                 lora_r=8, lora_alpha=8, lora_dropout=0.0, lora_targets='c_attn,c_proj,c_fc')
@@ -88,19 +88,18 @@ def trace_bitune(bitune, batch, meta):
     for b in range(B):
         print(f"   row {b}  {text(prefix[b], meta, valid_a[b])}  prefix_valid {bits(valid_a[b])}  "
               f"pos {nums(pos_a[b], '{}')}")
-    print(f"2. Pass A: bidirectional mask, adapter {bitune.a_adapter!r}: K and V per layer, each {tuple(kv_a[0][0].shape)}")
-    print(f"   (batch, heads, prefix columns, head size), {len(kv_a)} layers")
+    print(f"2. Pass A: bidirectional mask, adapter {bitune.a_adapter!r}: K and V per layer, each "
+          f"{tuple(kv_a[0][0].shape)} = (batch, heads, prefix columns, head size)")
     print(f"3. Pass B: causal mask, adapter {bitune.causal_adapter!r} (the base weights): K and V of the same shape")
-    print(f"   row 1's keys, max |K_A - K_B| per column (over heads and dims): layer 0's differ only by the")
-    print(f"   adapter (K/V come before attention), later layers also by what each column saw")
+    print("   max |K_A - K_B| per column of row 1 (layer 0: the adapter alone, K/V come before attention)")
     for l in range(len(kv_a)):
         diff = (kv_a[l][0][1] - kv_b[l][0][1]).abs().amax(dim=(0, 2))  # (Tp,)
         print(f"   layer {l}  " + ' '.join(f'{d:.4f}' for d in diff.tolist()))
-    print(f"4. mix, per layer: K = (1 - alpha_k) K_B + alpha_k K_A, V likewise; alpha_k {nums(a_k, '{:.3f}')}, "
-          f"alpha_v {nums(a_v, '{:.3f}')}")
+    print(f"4. mix, per layer: K = (1 - alpha_k) K_B + alpha_k K_A, V likewise")
+    print(f"   alpha_k {nums(a_k, '{:.3f}')}   alpha_v {nums(a_v, '{:.3f}')}")
     l = len(kv_a) - 1
-    print(f"   layer {l}, row 0, head 0, column 0, K[:3]:  A {nums(kv_a[l][0][0, 0, 0, :3])}   "
-          f"B {nums(kv_b[l][0][0, 0, 0, :3])}   mixed {nums(mixed[l][0][0, 0, 0, :3])}")
+    print(f"   layer {l}, row 0, head 0, column 0, K[:3]:  A {nums(kv_a[l][0][0, 0, 0, :3])}  "
+          f"B {nums(kv_b[l][0][0, 0, 0, :3])}  mixed {nums(mixed[l][0][0, 0, 0, :3])}")
     Tc = tokens_c.size(1)
     print(f"5. Pass C: the last prompt token and the answer without its end token, at their own positions,")
     print(f"   causal over [mixed prefix ; own] = {Tp} + {Tc} keys, adapter {bitune.causal_adapter!r}")
@@ -141,8 +140,8 @@ def trace_bai(gpt, batch, meta, weight=1.0, layer=-2, kind='mse'):
     _, l_rec = calls['awareness_loss'][0]
     B = E.size(0)
     L = gpt.config.n_layer
-    print(f"BAI (bai.py): bai.compute_loss(gpt, batch, weight={weight}, layer={layer}, kind={kind!r}), "
-          f"one causal forward")
+    print(f"BAI (bai.py): bai.compute_loss(gpt, batch, weight={weight}, layer={layer}, kind={kind!r}): "
+          f"one causal forward, no adapter")
     print(f"1. pivots E {tuple(E.shape)}: the output of block {layer + L} at the prompt columns")
     for b in range(B):
         print(f"   row {b}  {text(batch['idx'][b, :E.size(1)], meta, pivot_valid[b])}  pivot_valid {bits(pivot_valid[b])}")
@@ -203,17 +202,17 @@ def main(argv=None):
         if meta['tokenizer'] != 'char' or not isinstance(bitune, Bitune) or not bitune.has_pass_b:
             raise ValueError(f"{c.ckpt}: walkthrough.py traces a toy Bitune run with Passes A and B "
                              f"(train.py's default: method bitune, variant full)")
-        what = f"the model in {c.ckpt}"
+        what = f"The model in {c.ckpt}"
     else:
         meta = toy.toy_meta()
         torch.manual_seed(0)
         bitune, gpt = build_model(SETTINGS, meta)
-        what = "a random 2-layer GPT"
+        what = "A random GPT"
     cfg = gpt.config
     examples = [toy.make_example(op, data, meta) for data, op in PROMPTS]
     batch = collate(examples, pad_id=meta['pad'])
-    print(f"One batch of two toy examples (data.tasks.collate: right-padded, '.' = padding) through {what}: "
-          f"{cfg.n_layer} layers, {cfg.n_head} heads, n_embd {cfg.n_embd}")
+    print(f"{what}, {cfg.n_layer} layers, {cfg.n_head} heads, n_embd {cfg.n_embd}; "
+          f"a batch of two toy examples (data.tasks.collate, '.' = padding):")
     for b, ex in enumerate(examples):
         print(f"   row {b}  idx {text(batch['idx'][b], meta, batch['valid'][b])}  "
               f"prompt_len {len(ex['prompt'])}  answer_len {len(ex['answer'])}")

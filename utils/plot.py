@@ -2,8 +2,9 @@
 Pictures of a training run, drawn from its out_dir/log.jsonl:
 
     python utils/plot.py out            # writes out/loss.png, out/metric.png (and out/alpha.png for Bitune)
-    python utils/plot.py out "31415 R"  # also out/attention.png: how a causal and a bidirectional
-                                  # reading of that toy prompt attend, from out/ckpt.pt
+    python utils/plot.py out "31415 R"    # also out/attention.png: how a causal and a bidirectional
+                                          # reading of that toy prompt attend in layer 0, from out/ckpt.pt
+    python utils/plot.py out "31415 R" 1  # the same in layer 1
 
 train.py calls plot_run() at the end of every run; running this file redraws
 the plots of any run, finished or not.
@@ -116,6 +117,8 @@ def plot_attention(out_dir, text, layer=0):
     from data.toy import toy
     model, gpt, ckpt = model_from_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
     meta = ckpt['meta']
+    if not 0 <= layer < gpt.config.n_layer:
+        raise ValueError(f"layer {layer}: the model has layers 0..{gpt.config.n_layer - 1}")
     if meta['tokenizer'] != 'char':
         raise ValueError("attention pictures are drawn for toy checkpoints (one character per token)")
     prompt = toy.parse_prompt(text, meta)[:-1]  # Bitune's prefix: the prompt minus its last token
@@ -147,12 +150,12 @@ def plot_attention(out_dir, text, layer=0):
 
 
 def main(argv):
-    if len(argv) not in (1, 2):
-        raise ValueError('usage: python utils/plot.py OUT_DIR ["31415 R"]')
+    if len(argv) not in (1, 2, 3) or (len(argv) == 3 and not argv[2].isdigit()):
+        raise ValueError('usage: python utils/plot.py OUT_DIR ["31415 R" [LAYER]]')
     for path in plot_run(argv[0]):
         print('wrote', path)
-    if len(argv) == 2:
-        print('wrote', plot_attention(argv[0], argv[1]))
+    if len(argv) >= 2:
+        print('wrote', plot_attention(argv[0], argv[1], int(argv[2]) if len(argv) == 3 else 0))
 
 
 if __name__ == '__main__':
