@@ -181,8 +181,8 @@ def plot_masks(path, masks, pieces, meta):
             ax.set_title(f"row {b}: {titles[col]}", fontsize=11)
             if col == 2:
                 ax.axvline(Tp - 0.5, color='C3', lw=2)
-    fig.suptitle("attention masks built by model.attention_mask for one batch (grey = may attend; "
-                 "a padding query sees only itself)", fontsize=12)
+    fig.suptitle("attention masks built by model.attention_mask for one batch (grey = may attend; no query sees a "
+                 "padding key but itself; red line: mixed prefix | Pass C's own)", fontsize=12)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     fig.savefig(path, dpi=90)
