@@ -148,8 +148,8 @@ def trace_bai(gpt, batch, meta, weight=1.0, layer=-2, kind='mse'):
     print(f"2. targets D = wte(answer tokens) {tuple(D.shape)}, detached:  "
           + '   '.join(f"row {b} {text(tokens[b], meta, answer_valid[b])}" for b in range(B)))
     print(f"3. S = softmax(D E^T / sqrt({D.size(-1)})) {tuple(S.shape)}, E_hat = S E {tuple(E_hat.shape)}; "
-          f"row 0 (columns: its pivots):")
-    for j in range(int(answer_valid[0].sum())):
+          f"row 0's first rows (columns: its pivots):")
+    for j in range(3):
         print(f"   answer {text(tokens[0, j:j + 1], meta)}  {nums(S[0, j], '{:.3f}')}")
     print(f"4. awareness loss ({kind}, over the {int(answer_valid.sum())} real answer positions) = {l_bai.item():.4f}")
     print(f"5. total = CE {ce.item():.4f} + {weight} x {l_bai.item():.4f} = {total.item():.4f}")

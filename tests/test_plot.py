@@ -1,6 +1,5 @@
-"""utils/plot.py: the attention weights it draws are real softmax rows with the right mask."""
-import os
-
+"""utils/plot.py: the attention weights it draws are real softmax rows with the right mask, and its failures are one line."""
+import pytest
 import torch
 
 from utils.plot import attention_weights
@@ -19,15 +18,17 @@ def test_attention_weights_are_masked_softmax_rows(tiny_gpt):
         assert bidir[:, upper].min() > 0        # every query sees every later key too
 
 
-def test_plot_failures_are_one_error_line(tmp_path):
-    import subprocess
-    import sys
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'utils', 'plot.py')
+def test_plot_failures_are_one_error_line(tmp_path, capsys):
+    """What `python utils/plot.py ...` does: run_main(main) turns each failure into one `error:` line."""
+    from configurator import run_main
+    from utils import plot
     (tmp_path / 'run').mkdir()
     (tmp_path / 'run' / 'log.jsonl').write_text('{"iter": 0, "val_loss": 2.5}\n')
     for args, says in [([str(tmp_path / 'missing')], 'holds no log.jsonl'),
                        ([str(tmp_path / 'run'), '31415 R'], 'no checkpoint at'),
                        ([str(tmp_path / 'run'), '31415 R', 'one'], 'usage:')]:
-        r = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 1 and r.stderr.startswith('error: ') and says in r.stderr, r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1 and 'Traceback' not in r.stderr
+        with pytest.raises(SystemExit) as e:
+            run_main(lambda: plot.main(args))
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.startswith('error: ') and says in err, err
+        assert len(err.strip().splitlines()) == 1
