@@ -4,7 +4,7 @@ Kopiczko et al., "Bitune: Bidirectional Instruction-Tuning", arXiv 2405.14862; E
 "Bitune: Leveraging Bidirectional Attention to Improve Decoder-Only LLMs".
 
 One frozen GPT (or, for full fine-tuning, one trainable GPT) with two named
-adapters, 'causal' and 'bidir', of any kind (LoRA, DoRA or IA3: model.py).
+adapters, 'causal' and 'bidir', of any kind (LoRA, DoRA or IA3: adapters.py).
 The prompt minus its last token is read twice: Pass A without a causal mask
 ('bidir' adapter), Pass B with one ('causal' adapter). Each layer's keys and
 values of the two passes are mixed with learned scalars, and Pass C reads the
@@ -97,8 +97,8 @@ class Bitune(nn.Module):
 
     def forward(self, batch, hidden_layer=-1):
         """A right-padded batch from data.tasks.collate -> (loss, aux). Rows are gathered, never looped over.
-        aux also holds both prefix passes' hidden states at hidden_layer (-1: after ln_f, else after that
-        block), for a loss on them such as BAI's: 'bidir_hidden' from Pass A, 'causal_hidden' from Pass B
+        aux also holds both prefix passes' hidden states at hidden_layer (as GPT.forward: -1 after ln_f, a block
+        0..n_layer-1, or -2..-n_layer counted back, e.g. train.py's bai_layer=-2), for a loss on them such as BAI's: 'bidir_hidden' from Pass A, 'causal_hidden' from Pass B
         (None in variants without Pass B), each (B, max(P)-1, C), real where 'prefix_valid'."""
         idx, pos, targets = batch['idx'], batch['pos'], batch['targets']
         P, A = batch['prompt_len'], batch['answer_len']  # (B,) each

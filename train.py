@@ -244,7 +244,8 @@ def main(argv=None):
         bitune.check_bidir_reaches_kv(run_cfg['bitune_variant'], gpt.config.n_layer, run_cfg['lora_targets'])
     model.to(dev)
     trainable, total = count_params(model)
-    print(f"method {c.method} ({c.bitune_variant if c.method.startswith('bitune') else ''}), peft {c.peft}, "
+    variant = f" ({c.bitune_variant})" if c.method.startswith('bitune') else ''
+    print(f"method {c.method}{variant}, peft {c.peft}, "
           f"{total / 1e6:.2f}M parameters, {trainable:,} trainable; device {dev}, {dtype}")
     optimizer = configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device_type,
                                      eps=c.adam_eps)

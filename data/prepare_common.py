@@ -51,12 +51,8 @@ def parse_args(doc, argv=None):
 
 
 def get_gpt2():
-    import tiktoken
-    try:
-        return tiktoken.get_encoding('gpt2')
-    except Exception as e:  # almost always: no internet and nothing in tiktoken's cache
-        raise FileNotFoundError("could not load tiktoken's 'gpt2' encoding. Offline, point TIKTOKEN_CACHE_DIR "
-                                "at a folder with its files (e.g. ../shared/data/tiktoken_cache).") from e
+    from data.tasks import gpt2_encoding  # one place finds the BPE files, for prepare and sample alike
+    return gpt2_encoding()
 
 
 def download(url, path):

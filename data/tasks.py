@@ -114,18 +114,28 @@ class CharTokenizer:
     def decode(self, ids):
         return ''.join(self.itos[i] for i in ids)
 
+def gpt2_encoding():
+    """tiktoken's GPT-2 BPE. Offline, tiktoken reads its files from TIKTOKEN_CACHE_DIR; when neither that
+    nor tiktoken's other cache setting is given and ../shared/data/tiktoken_cache sits beside this
+    repository (the offline copies the tests use), that folder is used."""
+    import tiktoken  # imported here so char-level tasks never need it
+    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          '..', 'shared', 'data', 'tiktoken_cache')
+    if not (os.environ.get('TIKTOKEN_CACHE_DIR') or os.environ.get('DATA_GYM_CACHE_DIR')) and os.path.isdir(beside):
+        os.environ['TIKTOKEN_CACHE_DIR'] = os.path.normpath(beside)
+    try:
+        return tiktoken.get_encoding('gpt2')
+    except Exception as e:  # usually: no internet and nothing in tiktoken's cache
+        raise FileNotFoundError("could not load tiktoken's 'gpt2' encoding (GPT-2's BPE files): connect once to "
+                                "download them, or set TIKTOKEN_CACHE_DIR to a folder that holds them") from e
+
+
 def get_tokenizer(meta):
     """An object with encode(str) -> [ids] and decode([ids]) -> str, for this task."""
     if meta['tokenizer'] == 'char':
         return CharTokenizer(meta['itos'])
     if meta['tokenizer'] == 'gpt2':
-        import tiktoken  # imported here so char-level tasks never need it
-        try:
-            return tiktoken.get_encoding('gpt2')
-        except Exception as e:  # usually: no internet and nothing in tiktoken's cache
-            raise FileNotFoundError("tiktoken could not load the GPT-2 BPE files; connect once to download them, "
-                                    "or set TIKTOKEN_CACHE_DIR to a folder that holds them "
-                                    "(offline copies: ../shared/data/tiktoken_cache)") from e
+        return gpt2_encoding()
     raise ValueError(f"unknown tokenizer {meta['tokenizer']!r} in meta: expected 'char' or 'gpt2'")
 
 def collate(examples, device='cpu', pad_id=0):

@@ -2,8 +2,9 @@
 Pictures of a training run, drawn from its out_dir/log.jsonl:
 
     python utils/plot.py out            # writes out/loss.png, out/metric.png (and out/alpha.png for Bitune)
-    python utils/plot.py out "31415 R"  # also out/attention.png: how a causal and a bidirectional
-                                  # reading of that toy prompt attend, from out/ckpt.pt
+    python utils/plot.py out "31415 R"    # also out/attention.png: how a causal and a bidirectional
+                                          # reading of that toy prompt attend in layer 0, from out/ckpt.pt
+    python utils/plot.py out "31415 R" 1  # the same in layer 1
 
 train.py calls plot_run() at the end of every run; running this file redraws
 the plots of any run, finished or not.
@@ -34,6 +35,9 @@ def save_png(fig, path):
 
 
 def read_log(out_dir):
+    if not os.path.isfile(os.path.join(out_dir, 'log.jsonl')):
+        raise FileNotFoundError(f"{out_dir!r} holds no log.jsonl: give the out_dir of a training run "
+                                f"(python train.py writes out/)")
     with open(os.path.join(out_dir, 'log.jsonl')) as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -122,6 +126,8 @@ def plot_attention(out_dir, text, layer=0):
     from data.toy import toy
     model, gpt, ckpt = model_from_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
     meta = ckpt['meta']
+    if not 0 <= layer < gpt.config.n_layer:
+        raise ValueError(f"layer {layer}: the model has layers 0..{gpt.config.n_layer - 1}")
     if meta['tokenizer'] != 'char':
         raise ValueError("attention pictures are drawn for toy checkpoints (one character per token)")
     prompt = toy.parse_prompt(text, meta)[:-1]  # Bitune's prefix: the prompt minus its last token
@@ -130,30 +136,37 @@ def plot_attention(out_dir, text, layer=0):
     from adapters import adapter, adapter_kinds
     readings = [('causal', getattr(model, 'causal_adapter', None)), ('bidir', getattr(model, 'a_adapter', None))]
     nh = gpt.config.n_head
-    fig, axes = plt.subplots(2, nh, figsize=(2.6 * nh, 5.4), squeeze=False)
+    fig, axes = plt.subplots(2, nh, figsize=(2.6 * nh + 1, 6), squeeze=False)
     for row, (attn, name) in enumerate(readings):
         with adapter(gpt, name if name in adapter_kinds(gpt) else None):
             w = attention_weights(gpt, idx, layer, attn)
         for h in range(nh):
             ax = axes[row][h]
-            ax.imshow(w[h].numpy(), vmin=0, vmax=1, cmap='viridis')
-            ax.set_xticks(range(len(labels)), labels, fontsize=7)
-            ax.set_yticks(range(len(labels)), labels, fontsize=7)
-            ax.set_title(f"{attn}, head {h}", fontsize=9)
-    fig.suptitle(f"layer {layer} attention on {text!r} (rows: queries, columns: keys)")
-    return save_png(fig, os.path.join(out_dir, 'attention.png'))
+            im = ax.imshow(w[h].numpy(), vmin=0, vmax=1, cmap='viridis')
+            ax.set_xticks(range(len(labels)), labels, fontsize=8)
+            ax.set_yticks(range(len(labels)), labels, fontsize=8)
+            ax.set_title(f"{'causal (Pass B)' if attn == 'causal' else 'bidirectional (Pass A)'}, head {h}",
+                         fontsize=9)
+    fig.suptitle(f"layer {layer} attention weights on Bitune's prefix of {text!r}: the prompt minus its last token "
+                 f"{meta['itos'][toy.parse_prompt(text, meta)[-1]]!r}\n(rows: queries, columns: keys; "
+                 f"each row sums to 1)", fontsize=10)
+    fig.tight_layout()
+    fig.colorbar(im, ax=axes, shrink=0.8, label='attention weight')
+    path = os.path.join(out_dir, 'attention.png')
+    with configurator.atomic_file(path, 'wb') as f:  # whole or not at all
+        fig.savefig(f, format='png', dpi=100)
+    plt.close(fig)
+    return path
 
 
 def main(argv):
-    if len(argv) not in (1, 2):
-        raise ValueError('usage: python utils/plot.py OUT_DIR ["31415 R"]')
-    if not os.path.isfile(os.path.join(argv[0], 'log.jsonl')):
-        raise FileNotFoundError(f"{argv[0]} holds no log.jsonl: pass the out_dir of a run of train.py")
+    if len(argv) not in (1, 2, 3) or (len(argv) == 3 and not argv[2].isdigit()):
+        raise ValueError('usage: python utils/plot.py OUT_DIR ["31415 R" [LAYER]]')
     for path in plot_run(argv[0]):
         print('wrote', path)
-    if len(argv) == 2:
-        print('wrote', plot_attention(*argv))
+    if len(argv) >= 2:
+        print('wrote', plot_attention(argv[0], argv[1], int(argv[2]) if len(argv) == 3 else 0))
 
 
 if __name__ == '__main__':
-    configurator.run_main(lambda: main(sys.argv[1:]))  # a missing log or checkpoint: one line `error: ...`
+    configurator.run_main(lambda: main(sys.argv[1:]))  # a missing folder, checkpoint or a bad prompt: one `error:` line
