@@ -621,6 +621,9 @@ def pool(opts, passthrough):
     runs = {(r['arm'], r['seed'], tuple(r['views'])): r for r in plan(opts, passthrough)}
     for where, rec in found:
         r = runs.get((rec['arm'], rec['seed'], tuple(rec['views'])))
+        if r is None and (rec['arm'] in opts['arms'] or rec['arm'] == 'base'):
+            raise ValueError(f"{where}: its '{rec['arm']}' run of seed {rec['seed']} ({rec['max_iters']} iterations) "
+                             f"is not one this lab plans; pool with the options the shares were made with (e.g. --quick)")
         if r is None:
             continue  # an arm this command does not ask for (--arms)
         if rec['fingerprint'] != r['fingerprint']:
