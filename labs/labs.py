@@ -28,10 +28,27 @@ iteration 0 and --evals=5 more times, for the learning curves; an evaluation gen
 eval_examples, so it costs time (in elapsed_s and the wall-time curves) but no training.
 
 Runs land in out_dir/<arm>/s<seed>/, and s<seed>_equal_compute/ where that view needs a longer run
-(default out_dir: labs/runs/<lab>, or labs/runs/<lab>_quick). A run whose log already reaches its
-max_iters with the same command is skipped, so running a command again resumes the lab.
-Results in out_dir: results.md (tables), results.json (every number), results.png (final scores, both
-views), results_curves.png (exact match against token-forwards and wall time).
+(default out_dir: labs/runs/<lab>, or labs/runs/<lab>_quick). Results in out_dir: results.md (tables),
+results.json (every number), results.png (final scores, both views), results_curves.png (exact match
+against token-forwards and wall time).
+
+Stopping and reusing. Ctrl-C (or SIGTERM) stops the running runs, starts no other, and says how many
+are kept; the same command continues. A run is reused only if it finished with the same fingerprint:
+its resolved settings (a config file's values, not its path) and a hash of the method code (CODE);
+out_dir/<arm>/s<seed>/run.json holds it, written when the run ends well. Any other run starts over,
+and as train.py is deterministic it ends with the numbers it would have had uninterrupted. One
+labs.py at a time per out_dir (out_dir/lock).
+
+A class: each student runs one seed, perhaps only some arms, and hands in one small file:
+    python labs/labs.py --lab=methods --seeds=14 --arms=causal,bitune   # the baseline must be among --arms
+    -> labs/runs/methods/share_s14.json
+A share holds, for each run of that seed: its arm, views, max_iters, tokens_per_step, cost, fingerprint
+(settings + code hash) and every evaluation row of its log; every lab writes one per seed. The runs of
+--arms are the whole lab's (the equal-compute budget is still the costliest arm's of the whole lab), so
+they are the runs a full lab makes on that seed. The teacher pools them:
+    python labs/labs.py --lab=methods --pool=handed_in/   # every share_s*.json (or full lab folder) under it
+into the same tables, with the seeds found, in handed_in/ (or --out_dir). A share made with other
+settings or code, or a seed handed in twice, is refused, naming the file.
 """
 import hashlib
 import json
@@ -128,6 +145,11 @@ OPTIONS = {'lab': (None, 'methods'), 'seeds': (None, '1,2,3'), 'max_iters': (Non
 TRUE, FALSE = ('True', 'true', '1'), ('False', 'false', '0')
 
 
+def folder(arm):
+    """An arm's name as a folder name, and as --arms takes it: 'layer -1, lambda 1' -> layer_-1_lambda_1."""
+    return arm.replace(',', '').replace(' ', '_')
+
+
 def bad(key, value, why):
     """The error for one option: what was wrong, and an example of a good value."""
     return ValueError(f"--{key}={value}: {why}; write e.g. --{key}={OPTIONS[key][1]}")
@@ -187,11 +209,10 @@ def parse_args(argv):
         raise bad('target', opts['target'], 'not a number') from None
     if not 0 <= target <= 100:
         raise bad('target', opts['target'], 'a score in percent, 0 to 100')
-    arms = opts['arms'].split(',') if opts['arms'] else list(lab['arms'])
-    unknown = [a for a in arms if a not in lab['arms']]
-    if unknown or len(set(arms)) != len(arms):
-        raise bad('arms', opts['arms'], f"'{(unknown or arms)[0]}' is not one arm of lab '{opts['lab']}', "
-                                        f"whose arms are {', '.join(lab['arms'])}")
+    named = {folder(a): a for a in lab['arms']}  # 'learned, theta_init 0.1' is written learned_theta_init_0.1
+    arms = [named.get(folder(a)) for a in opts['arms'].split(',')] if opts['arms'] else list(lab['arms'])
+    if None in arms or len(set(arms)) != len(arms):
+        raise bad('arms', opts['arms'], f"name each of lab '{opts['lab']}'s arms once, from {', '.join(named)}")
     baseline = opts['baseline'] or lab['baseline']
     if baseline not in lab['arms']:
         raise bad('baseline', baseline, f"choose one of the lab's arms: {', '.join(lab['arms'])}")
@@ -215,8 +236,8 @@ def plan(opts, passthrough):
     lab = LABS[opts['lab']]
     first = [CONFIG, *[f'--{k}={v}' for k, v in QUICK['settings'].items() if opts['quick']]]
 
-    def make(arm, settings, seed, stage, views, iters, folder, base=None):
-        out = os.path.join(opts['out_dir'], arm.replace(',', '').replace(' ', '_'), folder)
+    def make(arm, settings, seed, stage, views, iters, where, base=None):
+        out = os.path.join(opts['out_dir'], folder(arm), where)
         # --evals evaluations after the one at iteration 0 (rounding up: never one more just before the end)
         argv = [*first, *[f'--{k}={v}' for k, v in settings.items()], *passthrough, f'--max_iters={iters}',
                 f"--eval_interval={-(-iters // opts['evals'])}", f'--seed={seed}', f'--out_dir={out}']
@@ -330,13 +351,16 @@ def record(run):
             'tokens_per_step': run['tokens_per_step'], 'cost': cost(run['cfg']), 'fingerprint': run['fingerprint']}
 
 
+def logged_to_the_end(run):
+    row = last_row(run['out_dir'])
+    return row is not None and row['iter'] == run['cfg']['max_iters']
+
+
 def finished(run):
     """Done with the same settings and code. run.json is written only after the run has ended well, and
     removed before it starts again, so a stopped or failed run is never mistaken for a finished one."""
     done = read_json(os.path.join(run['out_dir'], 'run.json'))
-    row = last_row(run['out_dir'])
-    return done is not None and done['fingerprint'] == run['fingerprint'] and row is not None \
-        and row['iter'] == run['cfg']['max_iters']
+    return done is not None and done['fingerprint'] == run['fingerprint'] and logged_to_the_end(run)
 
 
 def die_with_parent():
@@ -352,7 +376,7 @@ def die_with_parent():
         return None
     parent = os.getpid()
 
-    def preexec():
+    def preexec():  # in the forked child; launch() runs in labs.py's only thread, whose death it watches
         prctl(1, signal.SIGKILL)
         if os.getppid() != parent:  # labs.py died before the line above took effect
             os._exit(1)
@@ -386,7 +410,10 @@ def stop(procs, grace=5.0):
         try:
             p.wait(max(0.0, deadline - time.time()))
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             p.wait()
 
 
@@ -403,6 +430,7 @@ def run_all(runs, jobs, again):
           f"{jobs} at a time, {threads} thread(s) each")
     failed, running, signals = [], {}, []
     handlers = {s: signal.signal(s, lambda signum, frame: signals.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    tqdm.monitor_interval = 0  # no monitor thread: launch() forks, and a fork is safe only in a one-thread process
     t0, bar = time.time(), tqdm(total=len(todo), desc='runs', dynamic_ncols=True)
     try:
         while (todo or running) and not signals:
@@ -412,8 +440,7 @@ def run_all(runs, jobs, again):
                 running[launch(r, threads)] = r, time.time()
             for proc in [p for p in running if p.poll() is not None]:
                 r, started = running.pop(proc)
-                if proc.returncode == 0 and last_row(r['out_dir']) is not None and \
-                        last_row(r['out_dir'])['iter'] == r['cfg']['max_iters']:
+                if proc.returncode == 0 and logged_to_the_end(r):
                     write_json(os.path.join(r['out_dir'], 'run.json'), record(r))
                 else:
                     failed.append(r)
@@ -429,8 +456,8 @@ def run_all(runs, jobs, again):
         bar.close()
     if signals:
         print(f"stopped: {len(runs) - len(todo) - len(running) - len(failed)} of {len(runs)} runs are finished and "
-              f"kept, {len(running)} were stopped and {len(todo)} not started (they run next time); to continue, "
-              f"run the same command: {again}", file=sys.stderr)
+              f"kept, {len(running)} were stopped, {len(failed)} failed and {len(todo)} not started (they run next "
+              f"time); to continue, run the same command: {again}", file=sys.stderr)
         sys.exit(130)
     print(f"total {time.time() - t0:.0f}s")
     return failed
@@ -587,12 +614,12 @@ def write_shares(runs, opts):
     return paths
 
 
-def handed_in(folder):
-    """Every finished run under folder: [(where it came from, its record with 'rows')], from share files
+def handed_in(top):
+    """Every finished run under the folder top: [(where it came from, its record with 'rows')], from share files
     and from the run folders of full labs (run.json and log.jsonl), those of a seed whose share lies in
     its lab's folder left out (that share holds them)."""
     found = []
-    for where, dirs, files in os.walk(folder):
+    for where, dirs, files in os.walk(top):
         dirs.sort()
         for name in sorted(f for f in files if re.fullmatch(r'share_s\d+\.json', f)):
             path = os.path.join(where, name)

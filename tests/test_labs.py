@@ -284,6 +284,7 @@ def test_a_tiny_lab_runs_skips_finished_runs_and_writes_results(tiny_lab, tmp_pa
     runs = labs.main(argv)
     # per seed: causal at 2 steps and at equal compute (3 steps), Bitune once
     assert len(runs) == len(commands) == 6 and all(labs.finished(r) for r in runs)
+    assert all(cmd[-1] == '--overwrite=True' for cmd in commands)  # an unfinished run starts over
     assert all(os.path.exists(os.path.join(r['out_dir'], 'train.txt')) for r in runs)
     results = json.loads((tmp_path / 'results.json').read_text())
     for arm in ('causal', 'bitune'):

@@ -70,7 +70,7 @@ def test_ctrl_c_stops_every_run_and_the_same_command_continues_to_the_same_numbe
     assert time.time() - t0 < 10 and proc.returncode == 130
     assert gone(child), 'a train.py outlived Ctrl-C'
     line = out.strip().splitlines()[-1]
-    assert line.startswith('stopped: 0 of 2 runs are finished') and '1 were stopped and 1 not started' in line
+    assert line.startswith('stopped: 0 of 2 runs are finished') and '1 were stopped, 0 failed and 1 not started' in line
     assert line.endswith(f"run the same command: python labs/labs.py {' '.join(LAB)} --out_dir={cut}")
     assert not (cut / 'lock').exists() and not (cut / 'causal' / 's1' / 'run.json').exists()
     # the run not started (the longest starts first) as if killed after its first evaluation: a log
@@ -195,3 +195,10 @@ def test_each_bad_option_gets_one_error_line_naming_it_with_a_good_example(arg, 
                                          ('--quick=false', False), ('--quick=0', False)])
 def test_quick_takes_a_bare_flag_or_true_false(flag, quick):
     assert labs.parse_args(['--lab=methods', flag])[0]['quick'] is quick
+
+
+def test_arms_are_named_as_their_folders_where_their_names_hold_commas():
+    opts, _ = labs.parse_args(['--lab=mixing', '--arms=fixed_alpha_0.5,learned_theta_init_0.01'])
+    assert opts['arms'] == ['fixed alpha 0.5', 'learned, theta_init 0.01']
+    with pytest.raises(ValueError, match='learned_theta_init_0.01, fixed_alpha_0.5, learned_theta_init_0.1'):
+        labs.parse_args(['--lab=mixing', '--arms=learned, theta_init 0.01'])
