@@ -28,17 +28,37 @@ iteration 0 and --evals=5 more times, for the learning curves; an evaluation gen
 eval_examples, so it costs time (in elapsed_s and the wall-time curves) but no training.
 
 Runs land in out_dir/<arm>/s<seed>/, and s<seed>_equal_compute/ where that view needs a longer run
-(default out_dir: labs/runs/<lab>, or labs/runs/<lab>_quick). A run whose log already reaches its
-max_iters with the same command is skipped, so running a command again resumes the lab.
-Results in out_dir: results.md (tables), results.json (every number), results.png (final scores, both
-views), results_curves.png (exact match against token-forwards and wall time).
+(default out_dir: labs/runs/<lab>, or labs/runs/<lab>_quick). Results in out_dir: results.md (tables),
+results.json (every number), results.png (final scores, both views), results_curves.png (exact match
+against token-forwards and wall time).
+
+Stopping and reusing. Ctrl-C (or SIGTERM) stops the running runs, starts no other, and says how many
+are kept; the same command continues. A run is reused only if it finished with the same fingerprint:
+its resolved settings (a config file's values, not its path) and a hash of the method code (CODE);
+out_dir/<arm>/s<seed>/run.json holds it, written when the run ends well. Any other run starts over,
+and as train.py is deterministic it ends with the numbers it would have had uninterrupted. One
+labs.py at a time per out_dir (out_dir/lock).
+
+A class: each student runs one seed, perhaps only some arms, and hands in one small file:
+    python labs/labs.py --lab=methods --seeds=14 --arms=causal,bitune   # the baseline must be among --arms
+    -> labs/runs/methods/share_s14.json
+A share holds, for each run of that seed: its arm, views, max_iters, tokens_per_step, cost, fingerprint
+(settings + code hash) and every evaluation row of its log; every lab writes one per seed. The runs of
+--arms are the whole lab's (the equal-compute budget is still the costliest arm's of the whole lab), so
+they are the runs a full lab makes on that seed. The teacher pools them:
+    python labs/labs.py --lab=methods --pool=handed_in/   # every share_s*.json (or full lab folder) under it
+into the same tables, with the seeds found, in handed_in/ (or --out_dir). A share made with other
+settings or code, or a seed handed in twice, is refused, naming the file.
 """
+import hashlib
 import json
 import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm import tqdm
 
@@ -118,65 +138,112 @@ QUICK = {'seeds': '1,2,3', 'max_iters': '500', 'target': '50',
 CONFIG = os.path.join(ROOT, 'config', 'lab_toy.py')
 
 
+# labs.py's own options: their defaults and an example of a good value, for the error lines
+OPTIONS = {'lab': (None, 'methods'), 'seeds': (None, '1,2,3'), 'max_iters': (None, '500'), 'out_dir': (None, 'labs/runs/mine'),
+           'jobs': ('1', '2'), 'quick': ('False', 'True'), 'baseline': (None, 'causal'), 'target': (None, '80'),
+           'evals': ('5', '5'), 'arms': (None, 'causal,bitune'), 'pool': (None, 'handed_in')}
+TRUE, FALSE = ('True', 'true', '1'), ('False', 'false', '0')
+
+
+def folder(arm):
+    """An arm's name as a folder name, and as --arms takes it: 'layer -1, lambda 1' -> layer_-1_lambda_1."""
+    return arm.replace(',', '').replace(' ', '_')
+
+
+def bad(key, value, why):
+    """The error for one option: what was wrong, and an example of a good value."""
+    return ValueError(f"--{key}={value}: {why}; write e.g. --{key}={OPTIONS[key][1]}")
+
+
+def whole(key, value, least=1):
+    """An option that is a whole number >= least."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise bad(key, value, 'not a whole number') from None
+    if n < least:
+        raise bad(key, value, f'must be at least {least}')
+    return n
+
+
 def parse_args(argv):
-    """labs.py's own options, and every other --key=value (passed on to every run)."""
+    """labs.py's own options, each checked (one error line that names it), and every other --key=value
+    (passed on to every run, checked by train.py's configurator in plan())."""
     if '--help' in argv or '-h' in argv:
         print(__doc__.strip())
         sys.exit(0)
-    opts = {'lab': None, 'seeds': None, 'max_iters': None, 'out_dir': None, 'jobs': '1', 'quick': 'False',
-            'baseline': None, 'target': None, 'evals': '5'}
-    passthrough = []
+    opts, given, passthrough = {k: d for k, (d, _) in OPTIONS.items()}, set(), []
     for arg in argv:
         key, eq, value = arg[2:].partition('=')
         if arg.startswith('--') and key in opts:
+            if eq and not value:
+                raise bad(key, '', 'is empty')
             opts[key] = value if eq else 'True'  # a bare flag: --quick
+            given.add(key)
         elif key in ('seed', 'eval_interval'):
             instead = '--seeds=1,2,3' if key == 'seed' else '--evals=N (evaluations per run)'
             raise ValueError(f"{arg}: labs.py sets each run's {key}; use {instead}")
         else:
             passthrough.append(arg)
     if opts['lab'] not in LABS:
-        raise ValueError(f"--lab={opts['lab']}: choose one of {', '.join(LABS)}")
+        raise bad('lab', opts['lab'] or '', f"choose one of {', '.join(LABS)}")
     lab = LABS[opts['lab']]
-    quick = opts['quick'] in ('True', 'true', '1')
-    seeds = opts['seeds'] or (QUICK['seeds'] if quick else '1,2,3,4,5')
-    target = opts['target'] or (QUICK['target'] if quick else '80')
+    if opts['quick'] not in TRUE + FALSE:
+        raise bad('quick', opts['quick'], 'write True or False (or just --quick)')
+    quick = opts['quick'] in TRUE
+    if opts['pool'] is not None and not os.path.isdir(opts['pool']):
+        raise bad('pool', opts['pool'], 'not a folder; name the folder that holds the share_s*.json files')
+    if opts['pool'] is not None and 'seeds' in given:
+        raise bad('seeds', opts['seeds'], 'pooling takes the seeds it finds in --pool; leave --seeds out')
+    text = opts['seeds'] or (QUICK['seeds'] if quick else '1,2,3,4,5')
+    seeds = [int(s) if s.isdigit() else None for s in text.split(',')]
+    if None in seeds or len(set(seeds)) != len(seeds):
+        raise bad('seeds', text, 'whole numbers >= 0, separated by commas, none repeated')
+    jobs, evals = whole('jobs', opts['jobs']), whole('evals', opts['evals'])
+    max_iters = opts['max_iters'] or (QUICK['max_iters'] if quick else None)
+    if max_iters is not None:
+        whole('max_iters', max_iters)
     try:
-        seeds, jobs, evals = [int(s) for s in seeds.split(',')], int(opts['jobs']), int(opts['evals'])
-        target = float(target)
+        target = float(opts['target'] or (QUICK['target'] if quick else '80'))
     except ValueError:
-        raise ValueError(f"--seeds={seeds} --jobs={opts['jobs']} --evals={opts['evals']} --target={target}: "
-                         f"write e.g. --seeds=1,2,3 --jobs=2 --evals=5 --target=80") from None
-    if jobs < 1 or evals < 1 or len(set(seeds)) != len(seeds):
-        raise ValueError("--jobs and --evals must be at least 1, and --seeds must not repeat a seed")
+        raise bad('target', opts['target'], 'not a number') from None
+    if not 0 <= target <= 100:
+        raise bad('target', opts['target'], 'a score in percent, 0 to 100')
+    named = {folder(a): a for a in lab['arms']}  # 'learned, theta_init 0.1' is written learned_theta_init_0.1
+    arms = [named.get(folder(a)) for a in opts['arms'].split(',')] if opts['arms'] else list(lab['arms'])
+    if None in arms or len(set(arms)) != len(arms):
+        raise bad('arms', opts['arms'], f"name each of lab '{opts['lab']}'s arms once, from {', '.join(named)}")
     baseline = opts['baseline'] or lab['baseline']
     if baseline not in lab['arms']:
-        raise ValueError(f"--baseline={baseline}: choose one of the lab's arms: {', '.join(lab['arms'])}")
-    default_out = os.path.join(ROOT, 'labs', 'runs', opts['lab'] + ('_quick' if quick else ''))
+        raise bad('baseline', baseline, f"choose one of the lab's arms: {', '.join(lab['arms'])}")
+    if baseline not in arms:
+        raise bad('arms', opts['arms'], f"the baseline '{baseline}' must be among them: every arm is compared with it")
+    default_out = opts['pool'] or os.path.join(ROOT, 'labs', 'runs', opts['lab'] + ('_quick' if quick else ''))
     out_dir = os.path.abspath(opts['out_dir'] or default_out)  # the runs start in ROOT
-    max_iters = opts['max_iters'] or (QUICK['max_iters'] if quick else None)
-    return {**opts, 'seeds': seeds, 'jobs': jobs, 'evals': evals, 'target': target, 'quick': quick,
+    return {**opts, 'seeds': seeds, 'jobs': jobs, 'evals': evals, 'target': target, 'quick': quick, 'arms': arms,
             'baseline': baseline, 'out_dir': out_dir, 'max_iters': max_iters}, passthrough
 
 
 def plan(opts, passthrough):
     """The lab's runs: dicts with arm, seed, stage (0 = bases), views ('steps', 'compute', or both),
-    out_dir, argv for train.py, tokens_per_step, and its config, resolved here with train.py's own
-    defaults so that a typo fails before any run starts."""
+    out_dir, argv for train.py, tokens_per_step, its config, resolved here with train.py's own defaults
+    so that a typo fails before any run starts, and its fingerprint. Only the arms in opts['arms'] are
+    planned, but the equal-compute budget is always the whole lab's, so a run is the same whichever
+    arms a command asks for."""
     from configurator import configure
     from model import has_hidden_layer
     from train import DEFAULTS
     lab = LABS[opts['lab']]
     first = [CONFIG, *[f'--{k}={v}' for k, v in QUICK['settings'].items() if opts['quick']]]
 
-    def make(arm, settings, seed, stage, views, iters, folder):
-        out = os.path.join(opts['out_dir'], arm.replace(',', '').replace(' ', '_'), folder)
+    def make(arm, settings, seed, stage, views, iters, where, base=None):
+        out = os.path.join(opts['out_dir'], folder(arm), where)
         # --evals evaluations after the one at iteration 0 (rounding up: never one more just before the end)
         argv = [*first, *[f'--{k}={v}' for k, v in settings.items()], *passthrough, f'--max_iters={iters}',
                 f"--eval_interval={-(-iters // opts['evals'])}", f'--seed={seed}', f'--out_dir={out}']
         cfg = configure(DEFAULTS, argv)
         return {'arm': arm, 'seed': seed, 'stage': stage, 'views': views, 'out_dir': out, 'argv': argv,
-                'cfg': cfg, 'tokens_per_step': tokens_per_step(cfg)}
+                'cfg': cfg, 'tokens_per_step': tokens_per_step(cfg), 'fingerprint': fingerprint(cfg, base)}
 
     common = configure(DEFAULTS, [*first, *passthrough])
     base_iters = int(opts['max_iters'] or common['max_iters'])
@@ -192,21 +259,54 @@ def plan(opts, passthrough):
     # the budget: what the costliest arm reads in max_iters iterations
     per_step = {arm: probe[arm]['tokens_per_step'] for arm in arms}
     budget = max_iters * max(per_step.values())
-    runs = []
+    # the costliest arm's runs serve both views: their length is max_iters, their compute the budget
+    opts['budget'] = {'arm': max(per_step, key=per_step.get), 'token_forwards': budget, 'max_iters': max_iters}
+    runs, base = [], None
     for seed in opts['seeds']:
         if 'base' in lab:
             runs.append(make('base', lab['base'], seed, 0, (), base_iters, f's{seed}'))
+            base = runs[-1]['fingerprint']
             base_ckpt = os.path.join(runs[-1]['out_dir'], 'ckpt.pt')
-        for arm, settings in arms.items():
+        for arm in [a for a in opts['arms'] if a in arms]:
+            settings = arms[arm]
             if 'base' in lab:  # fine-tune from the same seed's base
                 settings = {**settings, 'init_from': base_ckpt}
             iters = round(budget / per_step[arm])
             if iters == max_iters:
-                runs.append(make(arm, settings, seed, 1, ('steps', 'compute'), max_iters, f's{seed}'))
+                runs.append(make(arm, settings, seed, 1, ('steps', 'compute'), max_iters, f's{seed}', base))
             else:
-                runs.append(make(arm, settings, seed, 1, ('steps',), max_iters, f's{seed}'))
-                runs.append(make(arm, settings, seed, 1, ('compute',), iters, f's{seed}_equal_compute'))
+                runs.append(make(arm, settings, seed, 1, ('steps',), max_iters, f's{seed}', base))
+                runs.append(make(arm, settings, seed, 1, ('compute',), iters, f's{seed}_equal_compute', base))
     return runs
+
+
+# The files whose edits change a run's numbers: train.py and what it imports (utils/plot.py draws only)
+CODE = ('train.py', 'configurator.py', 'model.py', 'adapters.py', 'bitune.py', 'bai.py', 'data/tasks.py',
+        'data/toy/toy.py', 'utils/checkpoint.py', 'utils/evaluate.py', 'utils/distributed.py', 'utils/weights.py')
+# Settings that say where a run goes or what to do with an old one, not what it computes
+PLACES = ('out_dir', 'overwrite')
+
+
+def code_hash():
+    """sha256 of the code in CODE, file names included."""
+    h = hashlib.sha256()
+    for name in CODE:
+        with open(os.path.join(ROOT, name), 'rb') as f:
+            h.update(name.encode() + b'\0' + f.read() + b'\0')
+    return h.hexdigest()
+
+
+def fingerprint(cfg, base=None):
+    """What a run's numbers depend on: its resolved settings (a config file's values, not its path; every
+    setting but PLACES, and data_dir only where the data is read from it) and the hash of the code.
+    base: the fingerprint of the run whose checkpoint init_from names, which stands for that path, so
+    that the same base trained in another folder (another student's) gives the same fingerprint."""
+    settings = {k: v for k, v in sorted(cfg.items()) if k not in PLACES}
+    if settings['dataset'] == 'toy':  # generated from the toy_* settings; no folder is read
+        del settings['data_dir']
+    if base is not None:
+        settings['init_from'] = base
+    return {'settings': settings, 'code': code_hash()}
 
 
 def read_log(out_dir, name='log.jsonl'):
@@ -231,48 +331,134 @@ def last_row(out_dir, name='log.jsonl'):
     return rows[-1] if rows else None
 
 
-def finished(run):
-    """Done, with this very command: changing a setting re-runs the arm instead of keeping an old result."""
+def read_json(path):
+    """A JSON file's contents, or None if there is none."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path, obj):
+    with open(path + '.tmp', 'w') as f:
+        json.dump(obj, f)
+    os.replace(path + '.tmp', path)  # atomic: a stop never leaves half a file under the real name
+
+
+def record(run):
+    """What a run is, without its rows: the file run.json in its folder, and its entry in a share."""
+    return {'arm': run['arm'], 'seed': run['seed'], 'views': list(run['views']), 'max_iters': run['cfg']['max_iters'],
+            'tokens_per_step': run['tokens_per_step'], 'cost': cost(run['cfg']), 'fingerprint': run['fingerprint']}
+
+
+def logged_to_the_end(run):
     row = last_row(run['out_dir'])
-    same_command = last_row(run['out_dir'], 'argv.json') == run['argv']
-    return same_command and row is not None and row['iter'] == run['cfg']['max_iters']
+    return row is not None and row['iter'] == run['cfg']['max_iters']
+
+
+def finished(run):
+    """Done with the same settings and code. run.json is written only after the run has ended well, and
+    removed before it starts again, so a stopped or failed run is never mistaken for a finished one."""
+    done = read_json(os.path.join(run['out_dir'], 'run.json'))
+    return done is not None and done['fingerprint'] == run['fingerprint'] and logged_to_the_end(run)
+
+
+def die_with_parent():
+    """For Linux: a function the child runs before train.py that asks the kernel to SIGKILL it when
+    labs.py dies, however it dies (SIGKILL runs no handler of ours; prctl PR_SET_PDEATHSIG = 1 does not
+    need one). Without it a killed lab would leave its runs training, unwatched, for an hour. Where
+    prctl is missing (macOS, Windows) None: only a stop labs.py sees (Ctrl-C, SIGTERM) stops its runs."""
+    if not sys.platform.startswith('linux'):
+        return None
+    import ctypes
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), 'prctl', None)
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec():  # in the forked child; launch() runs in labs.py's only thread, whose death it watches
+        prctl(1, signal.SIGKILL)
+        if os.getppid() != parent:  # labs.py died before the line above took effect
+            os._exit(1)
+    return preexec
 
 
 def launch(run, threads):
-    """One run in its own process (nothing shared; a crash stays contained), its output in
-    out_dir/train.txt. Returns (exit code, seconds)."""
-    t0 = time.time()
+    """Start one run in its own process (nothing shared; a crash stays contained) and its own process
+    group (stop() ends it with whatever it started), its output in out_dir/train.txt. A run that did not
+    finish with these settings starts over in its folder: --overwrite=True. train.py is deterministic,
+    so a restarted run ends with the numbers an uninterrupted one has; its log is written afresh."""
     os.makedirs(run['out_dir'], exist_ok=True)
-    with open(os.path.join(run['out_dir'], 'argv.json'), 'w') as f:
-        json.dump(run['argv'], f)  # one line: finished() compares it with the command
+    if os.path.exists(os.path.join(run['out_dir'], 'run.json')):
+        os.remove(os.path.join(run['out_dir'], 'run.json'))  # until it ends well, it is not finished
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
-    with open(os.path.join(run['out_dir'], 'train.txt'), 'w') as log:
-        # a run that did not finish with this command starts over in its folder: overwrite=True
-        rc = subprocess.run([sys.executable, 'train.py', *run['argv'], '--overwrite=True'], stdout=log,
-                            stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
-    return rc, time.time() - t0
+    with open(os.path.join(run['out_dir'], 'train.txt'), 'w') as log:  # the child keeps its own copy open
+        return subprocess.Popen([sys.executable, 'train.py', *run['argv'], '--overwrite=True'], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True,
+                                preexec_fn=die_with_parent())
 
 
-def run_all(runs, jobs):
-    """Stage by stage (fine-tuning needs its base), `jobs` runs at a time; returns the failed runs."""
+def stop(procs, grace=5.0):
+    """End these runs' process groups: SIGTERM, then SIGKILL for any still there after `grace` seconds."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # it has just ended by itself
+    deadline = time.time() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+
+def run_all(runs, jobs, again):
+    """Stage by stage (fine-tuning needs its base), `jobs` runs at a time; returns the failed runs.
+    Ctrl-C or SIGTERM stops the running runs, starts no other, and exits (130) with one line that says
+    what is kept and that `again`, the same command, continues the lab."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     threads = max(1, cores // jobs)  # N runs of cores/N threads: the cores are shared, never oversubscribed
     # the longest runs first, so no job idles at the end waiting for a long one
     todo = sorted((r for r in runs if not finished(r)),
                   key=lambda r: (r['stage'], -r['cfg']['max_iters'] * r['tokens_per_step']))
-    print(f"{len(runs)} runs, {len(runs) - len(todo)} already finished; {jobs} at a time, {threads} thread(s) each")
-    failed, t0, bar = [], time.time(), tqdm(total=len(todo), desc='runs', dynamic_ncols=True)
-    for stage in sorted({r['stage'] for r in todo}):
-        with ThreadPoolExecutor(jobs) as pool:  # threads only wait here; the work is in the subprocesses
-            started = {pool.submit(launch, r, threads): r for r in todo if r['stage'] == stage}
-            for fut in as_completed(started):
-                r, (rc, secs) = started[fut], fut.result()
-                if rc != 0 or not finished(r):
+    print(f"{len(runs)} runs, {len(runs) - len(todo)} of them reused from earlier (same settings and code); "
+          f"{jobs} at a time, {threads} thread(s) each")
+    failed, running, signals = [], {}, []
+    handlers = {s: signal.signal(s, lambda signum, frame: signals.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    tqdm.monitor_interval = 0  # no monitor thread: launch() forks, and a fork is safe only in a one-thread process
+    t0, bar = time.time(), tqdm(total=len(todo), desc='runs', dynamic_ncols=True)
+    try:
+        while (todo or running) and not signals:
+            stage = min(r['stage'] for r in todo + [r for r, _ in running.values()])
+            while todo and todo[0]['stage'] == stage and len(running) < jobs and not signals:
+                r = todo.pop(0)
+                running[launch(r, threads)] = r, time.time()
+            for proc in [p for p in running if p.poll() is not None]:
+                r, started = running.pop(proc)
+                if proc.returncode == 0 and logged_to_the_end(r):
+                    write_json(os.path.join(r['out_dir'], 'run.json'), record(r))
+                else:
                     failed.append(r)
                 tqdm.write(f"{r['arm']} seed {r['seed']} ({r['cfg']['max_iters']} it): "
-                           f"{'failed, see its train.txt' if r in failed else 'done'} in {secs:.0f}s -> {r['out_dir']}")
+                           f"{'failed, see its train.txt' if r in failed else 'done'} in {time.time() - started:.0f}s "
+                           f"-> {r['out_dir']}")
                 bar.update()
-    bar.close()
+            time.sleep(0.05)
+    finally:  # a signal, or labs.py's own failure: no run outlives it
+        stop(list(running))
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        bar.close()
+    if signals:
+        print(f"stopped: {len(runs) - len(todo) - len(running) - len(failed)} of {len(runs)} runs are finished and "
+              f"kept, {len(running)} were stopped, {len(failed)} failed and {len(todo)} not started (they run next "
+              f"time); to continue, run the same command: {again}", file=sys.stderr)
+        sys.exit(130)
     print(f"total {time.time() - t0:.0f}s")
     return failed
 
@@ -315,18 +501,24 @@ def scores_of(row):
     return {k: v for k, v in row.items() if k == 'exact_match' or k.startswith(('em_', 'rouge'))}
 
 
+def rows_of(run):
+    """A finished run's evaluation rows, handed in with it (a share, see pool()) or from its log;
+    None while it is unfinished (it has no final score)."""
+    if 'rows' in run:
+        return run['rows']
+    return read_log(run['out_dir']) if finished(run) else None
+
+
 def aggregate(runs, opts):
-    """Every number of the lab, from the finished runs' logs: per arm, its cost and, for each view,
-    the runs' final scores, their summary over seeds and the paired comparison with the baseline;
+    """Every number of the lab, from the finished runs' rows (rows_of): per arm, its cost and, for each
+    view, the runs' final scores, their summary over seeds and the paired comparison with the baseline;
     its learning curve (equal-compute runs) and the token-forwards it needs to reach opts['target']."""
-    done = [r for r in runs if r['arm'] != 'base' and finished(r)]  # unfinished runs have no final score
-    first = next((read_log(r['out_dir'])[-1] for r in done), {})
-    metric = 'exact_match' if 'exact_match' in first else 'rougeL'
+    done = [(r, rows) for r in runs if r['arm'] != 'base' for rows in [rows_of(r)] if rows]
+    metric = 'exact_match' if 'exact_match' in (done[0][1][-1] if done else {}) else 'rougeL'
     arms = {}
-    for r in done:
+    for r, rows in done:
         arm = arms.setdefault(r['arm'], {'cost': cost(r['cfg']), 'tokens_per_step': r['tokens_per_step'],
                                          'views': {}, 'curves': []})
-        rows = read_log(r['out_dir'])
         for view in r['views']:
             v = arm['views'].setdefault(view, {'iters': r['cfg']['max_iters'], 'runs': []})
             v['runs'].append({'seed': r['seed'], 'elapsed_s': rows[-1]['elapsed_s'], **scores_of(rows[-1])})
@@ -355,22 +547,146 @@ def aggregate(runs, opts):
                 by_seed = {run['seed']: run[metric] for run in v['runs']}
                 v['vs_baseline'] = stats.paired(by_seed, {run['seed']: run[metric] for run in base['views'][view]['runs']})
                 v['vs_baseline']['arm'] = ref
-    # the costliest arm's runs serve both views: their length is max_iters, their compute the budget
-    costliest = max((r for r in runs if r['arm'] != 'base'), key=lambda r: r['tokens_per_step'])
-    steps = costliest['cfg']['max_iters']
     return {'lab': opts['lab'], 'metric': metric, 'baseline': opts['baseline'], 'target': opts['target'],
-            'seeds': opts['seeds'], 'max_iters': steps,
-            'budget': {'arm': costliest['arm'], 'token_forwards': steps * costliest['tokens_per_step']},
+            'seeds': opts['seeds'], 'max_iters': opts['budget']['max_iters'],
+            'budget': {k: opts['budget'][k] for k in ('arm', 'token_forwards')},
             'arms': {name: arms[name] for name in LABS[opts['lab']]['arms'] if name in arms}}
 
 
+def alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
+def take_lock(out_dir):
+    """One labs.py per out_dir: out_dir/lock holds its pid, created atomically (O_CREAT | O_EXCL), so two
+    labs.py never run (and overwrite) the same runs. A lock whose labs.py has died is taken over."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, 'lock')
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    text = f.read().strip()
+            except FileNotFoundError:
+                continue  # its owner has just removed it
+            if not text.isdigit() and time.time() - os.path.getmtime(path) < 10:
+                text = str(os.getpid())  # just created, its pid not yet written: the owner is alive
+            if text.isdigit() and alive(int(text)):
+                raise ValueError(f"{out_dir} is in use by another labs.py (pid {text}); wait for it to end or "
+                                 f"stop it, or choose another --out_dir")
+            os.remove(path)  # its owner has died: take it over
+            continue
+        with os.fdopen(fd, 'w') as f:
+            f.write(str(os.getpid()))
+        return path
+
+
+def release(path):
+    with open(path) as f:
+        mine = f.read().strip() == str(os.getpid())
+    if mine:
+        os.remove(path)
+
+
+def write_shares(runs, opts):
+    """out_dir/share_s<seed>.json for every seed whose runs all finished: what a student hands in. Per
+    run its record (arm, views, max_iters, tokens_per_step, cost, fingerprint) and every evaluation row
+    of its log; a few kB, no checkpoints. Returns the paths."""
+    paths = []
+    for seed in opts['seeds']:
+        mine = [r for r in runs if r['seed'] == seed]
+        rows = [rows_of(r) for r in mine]
+        if not all(rows):
+            continue  # no score yet for some run; the next run of the command writes it
+        arms = [a for a in opts['arms'] if any(r['arm'] == a for r in mine)]
+        share = {'lab': opts['lab'], 'seed': seed, 'arms': arms,
+                 'runs': [{**record(r), 'rows': rr} for r, rr in zip(mine, rows)]}
+        paths.append(os.path.join(opts['out_dir'], f'share_s{seed}.json'))
+        write_json(paths[-1], share)
+    return paths
+
+
+def handed_in(top):
+    """Every finished run under the folder top: [(where it came from, its record with 'rows')], from share files
+    and from the run folders of full labs (run.json and log.jsonl), those of a seed whose share lies in
+    its lab's folder left out (that share holds them)."""
+    found = []
+    for where, dirs, files in os.walk(top):
+        dirs.sort()
+        for name in sorted(f for f in files if re.fullmatch(r'share_s\d+\.json', f)):
+            path = os.path.join(where, name)
+            share = read_json(path)
+            found += [(path, {**rec, 'lab': share['lab']}) for rec in share['runs']]
+        rec = read_json(os.path.join(where, 'run.json')) if 'run.json' in files else None
+        lab_dir = os.path.dirname(os.path.dirname(where))  # runs lie in lab_dir/<arm>/s<seed>...
+        if rec and not os.path.exists(os.path.join(lab_dir, f"share_s{rec['seed']}.json")):
+            found.append((f"{lab_dir} (seed {rec['seed']}'s run folders)", {**rec, 'rows': read_log(where)}))
+    return found
+
+
+def pool(opts, passthrough):
+    """A lab's runs with the rows handed in under opts['pool']: the seeds found, each from one source, every
+    run checked against the plan (the same settings and code as this lab's run of that arm and seed)."""
+    found, source = handed_in(opts['pool']), {}
+    for where, rec in found:
+        if rec.get('lab', opts['lab']) != opts['lab']:
+            raise ValueError(f"{where} is a share of lab '{rec['lab']}', not '{opts['lab']}'; pool it with --lab={rec['lab']}")
+        other = source.setdefault(rec['seed'], where)
+        if other != where:
+            raise ValueError(f"seed {rec['seed']} is handed in twice: {other} and {where}; keep one of them")
+    if not found:
+        raise ValueError(f"--pool={opts['pool']}: no share_s*.json and no finished run folders in it")
+    opts['seeds'] = sorted(source)
+    runs = {(r['arm'], r['seed'], tuple(r['views'])): r for r in plan(opts, passthrough)}
+    for where, rec in found:
+        r = runs.get((rec['arm'], rec['seed'], tuple(rec['views'])))
+        if r is None and (rec['arm'] in opts['arms'] or rec['arm'] == 'base'):
+            raise ValueError(f"{where}: its '{rec['arm']}' run of seed {rec['seed']} ({rec['max_iters']} iterations) "
+                             f"is not one this lab plans; pool with the options the shares were made with (e.g. --quick)")
+        if r is None:
+            continue  # an arm this command does not ask for (--arms)
+        if rec['fingerprint'] != r['fingerprint']:
+            mine, theirs = r['fingerprint']['settings'], rec['fingerprint']['settings']
+            diff = [k for k in sorted({*mine, *theirs}) if mine.get(k) != theirs.get(k)]
+            what = f"settings ({', '.join(f'{k}={theirs.get(k)!r}, not {mine.get(k)!r}' for k in diff[:3])})" \
+                if diff else 'code (its method files differ from these)'
+            raise ValueError(f"{where}: its '{rec['arm']}' run of seed {rec['seed']} was made with other {what}; "
+                             f"pool only shares of the same command (e.g. --quick) on the same code")
+        r['rows'] = rec['rows']
+    return list(runs.values())
+
+
 def main(argv=None):
-    opts, passthrough = parse_args(sys.argv[1:] if argv is None else argv)
-    runs = plan(opts, passthrough)
-    failed = run_all(runs, opts['jobs'])
-    results = aggregate(runs, opts)
-    lines = report.write_results(results, opts['out_dir'])
-    print('\n'.join(lines) + f"\nwrote {opts['out_dir']}/results.md, results.json, results.png, results_curves.png")
+    argv = sys.argv[1:] if argv is None else argv
+    opts, passthrough = parse_args(argv)
+    held = take_lock(opts['out_dir'])
+    try:
+        if opts['pool']:
+            runs, failed = pool(opts, passthrough), []
+            results = aggregate(runs, opts)
+            note = f"pooled {len(opts['seeds'])} seeds ({', '.join(map(str, opts['seeds']))}) from {opts['pool']}"
+        else:
+            runs = plan(opts, passthrough)
+            reused = sum(map(finished, runs))
+            failed = run_all(runs, opts['jobs'], again=' '.join(['python labs/labs.py', *map(shlex.quote, argv)]))
+            results = {**aggregate(runs, opts), 'runs': len(runs), 'reused': reused}
+            note = f"{reused} of {len(runs)} runs reused from earlier (same settings and code)"
+            for path in write_shares(runs, opts):
+                note += f"\nshare: {path} (hand it in; a teacher pools a folder of shares: python labs/labs.py " \
+                        f"--lab={opts['lab']} --pool=FOLDER)"
+        lines = report.write_results(results, opts['out_dir'])
+    finally:
+        release(held)
+    print('\n'.join(lines) + f"\n{note}\nwrote {opts['out_dir']}/results.md, results.json, results.png, "
+          f"results_curves.png")
     if failed:
         raise RuntimeError(f"{len(failed)} run(s) failed: {', '.join(r['out_dir'] for r in failed)}; read their "
                            f"train.txt, fix the cause, and run the same command again (finished runs are kept)")

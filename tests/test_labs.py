@@ -3,7 +3,6 @@ over seeds, and a tiny lab end to end."""
 import json
 import math
 import os
-import subprocess
 
 import pytest
 
@@ -201,13 +200,36 @@ def test_bad_options_fail_before_any_run(argv, message, monkeypatch):
 
 # ---- aggregation and the tables
 
-def fake_log(run, rows, argv=None):
-    """What a run leaves behind, written by hand: its log rows and the command it ran."""
+def fake_log(run, rows, fingerprint=None):
+    """What a finished run leaves behind, written by hand: its log rows and its run.json."""
     os.makedirs(run['out_dir'], exist_ok=True)
     with open(os.path.join(run['out_dir'], 'log.jsonl'), 'w') as f:
         f.writelines(json.dumps(r) + '\n' for r in rows)
-    with open(os.path.join(run['out_dir'], 'argv.json'), 'w') as f:
-        json.dump(argv or run['argv'], f)
+    labs.write_json(os.path.join(run['out_dir'], 'run.json'),
+                    {**labs.record(run), 'fingerprint': fingerprint or run['fingerprint']})
+
+
+class TrainHere:
+    """subprocess.Popen for `python train.py ...`, run in this process (starting Pythons with torch takes
+    longer than tiny runs); `train` may stand in for train.main."""
+    commands, train = [], None
+
+    def __init__(self, cmd, env, cwd, **kw):
+        import train
+        assert cmd[1] == 'train.py' and int(env['OMP_NUM_THREADS']) >= 1 and kw['start_new_session']
+        TrainHere.commands.append(cmd)
+        self.pid, self.returncode = -1, 0
+        (TrainHere.train or train.main)(cmd[2:])
+
+    def poll(self):
+        return self.returncode
+
+
+@pytest.fixture
+def train_here(monkeypatch):
+    monkeypatch.setattr(TrainHere, 'commands', [])
+    monkeypatch.setattr(labs.subprocess, 'Popen', TrainHere)
+    return TrainHere
 
 
 def test_aggregation_pairs_seeds_in_each_view(tiny_lab, tmp_path, monkeypatch):
@@ -243,7 +265,7 @@ def test_aggregation_pairs_seeds_in_each_view(tiny_lab, tmp_path, monkeypatch):
     assert causal['curve']['tokens']['mean'][1] == pytest.approx(130 / 3)
     assert causal['to_target'] == {'token_forwards': None, 'seeds_reached': 1, 'seeds': 3}
     # a run with other settings, or an unfinished one, is left out
-    fake_log(runs[0], [{'iter': 10, 'exact_match': 99.0, 'elapsed_s': 1.0}], argv=runs[0]['argv'] + ['--x=1'])
+    fake_log(runs[0], [{'iter': 10, 'exact_match': 99.0, 'elapsed_s': 1.0}], fingerprint={'settings': {}, 'code': ''})
     assert len(labs.aggregate(runs, opts)['arms'][runs[0]['arm']]['views'][runs[0]['views'][0]]['runs']) == 2
 
     lines = '\n'.join(labs.report.write_results(res, str(tmp_path)))
@@ -256,21 +278,13 @@ def test_aggregation_pairs_seeds_in_each_view(tiny_lab, tmp_path, monkeypatch):
     assert (tmp_path / 'results.png').stat().st_size > 0 and (tmp_path / 'results_curves.png').stat().st_size > 0
 
 
-def test_a_tiny_lab_runs_skips_finished_runs_and_writes_results(tiny_lab, tmp_path, monkeypatch):
-    import train
-    commands = []
-
-    def train_here(cmd, env, **kw):
-        """`python train.py ...` in this process: starting six Pythons with torch takes longer than the runs."""
-        commands.append(cmd)
-        assert cmd[1] == 'train.py' and int(env['OMP_NUM_THREADS']) >= 1
-        train.main(cmd[2:])
-        return subprocess.CompletedProcess(cmd, 0)
-    monkeypatch.setattr(labs.subprocess, 'run', train_here)
+def test_a_tiny_lab_runs_skips_finished_runs_and_writes_results(tiny_lab, tmp_path, monkeypatch, train_here):
+    commands = train_here.commands
     argv = [f'--lab={tiny_lab}', '--seeds=1,2', '--max_iters=2', '--evals=2', f'--out_dir={tmp_path}', *TINY]
     runs = labs.main(argv)
     # per seed: causal at 2 steps and at equal compute (3 steps), Bitune once
     assert len(runs) == len(commands) == 6 and all(labs.finished(r) for r in runs)
+    assert all(cmd[-1] == '--overwrite=True' for cmd in commands)  # an unfinished run starts over
     assert all(os.path.exists(os.path.join(r['out_dir'], 'train.txt')) for r in runs)
     results = json.loads((tmp_path / 'results.json').read_text())
     for arm in ('causal', 'bitune'):
