@@ -105,6 +105,9 @@ min_lr = 1e-4
 device = 'auto'          # 'auto' (cuda, then mps, then cpu) | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
 dtype = 'auto'           # 'auto' (bfloat16 where supported, else float32) | 'float32' | 'bfloat16' | 'float16'
 compile = False          # torch.compile the model (CUDA; slower start, faster steps)
+threads = 0              # torch CPU threads; 0 = torch's default (one per core), what labs/ ran with. The count
+                         # changes float rounding (so not the default's numbers); alone on a shared 2-core CPU
+                         # 1 thread was faster than 2 (50 iterations: 66 s vs 77 s, load average ~3)
 seed = 1337
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items()
@@ -211,6 +214,8 @@ def main(argv=None):
     c = SimpleNamespace(**configure(DEFAULTS, sys.argv[1:] if argv is None else argv))
     check_train_config(c, DEFAULTS)
     check_out_dir(c.out_dir, c.init_from, c.overwrite)  # before any process of a torchrun run writes there
+    if c.threads > 0:
+        torch.set_num_threads(c.threads)
     rank, world, dev = distributed.setup(pick_device(c.device))  # (0, 1, device) without torchrun
     if c.batch_size < world:  # each process takes a slice of every micro-batch (they may differ by one)
         raise ValueError(f"batch_size={c.batch_size} leaves some of the {world} processes without examples")
