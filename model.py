@@ -215,7 +215,7 @@ class GPT(nn.Module):
                 raise ValueError(f"sequence of {past + T} tokens is longer than block_size "
                                  f"{self.config.block_size}; shorten the input or use a model with a larger block_size")
             pos = torch.arange(past, past + T, device=idx.device)  # (T,), broadcast over the batch
-        elif pos.max() >= self.config.block_size:
+        elif not torch.compiler.is_compiling() and pos.max() >= self.config.block_size:  # compiled: no sync
             raise ValueError(f"position {int(pos.max())} is past block_size {self.config.block_size}; shorten the input")
         L = self.config.n_layer
         if hidden_layer is not None and not has_hidden_layer(hidden_layer, L):
@@ -246,11 +246,13 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if hidden_layer == -1:
             hidden = x
-        logits = self.lm_head(x) if return_logits else None  # (B, T, vocab): every position, not only the last
+        # compiled: no boolean index below (its shape depends on the data, which breaks the graph)
+        all_logits = return_logits or torch.compiler.is_compiling()
+        logits = self.lm_head(x) if all_logits else None  # (B, T, vocab): every position, not only the last
 
         loss = None
         if targets is not None:  # a mean over every target that is not -1: each answer token weighs the same
-            if return_logits:
+            if all_logits:
                 loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
             else:
                 # the same mean, with lm_head run on the scored positions only. With GPT-2's 50k vocabulary
@@ -258,6 +260,7 @@ class GPT(nn.Module):
                 # and its (B, T, vocab) logits in memory. (The boolean index costs a GPU sync.)
                 scored = targets != -1                                    # (B, T)
                 loss = F.cross_entropy(self.lm_head(x[scored]), targets[scored])
+        logits = logits if return_logits else None
         if not return_kv and hidden_layer is None:
             return logits, loss
         return logits, loss, {'kv': kvs if return_kv else None, 'hidden': hidden}
