@@ -3,7 +3,7 @@ Speed and memory of causal tuning, Bitune (arXiv 2405.14862) and BAI (arXiv 2408
 
     python bench.py                          # train.py's toy model; one to two minutes on a 2-core CPU
     python bench.py --model=gpt2-shape       # GPT-2 124M's shape with random weights (nothing is downloaded)
-    python bench.py --dtype=bfloat16 --compile=True --out=bench_gpu.json   # the same on a GPU
+    python bench.py --model=gpt2-shape --dtype=bfloat16 --compile=True --out=bench_gpu.json   # a GPU's whole table
     python bench.py --quick=True             # one or two calls of everything: for tests, not for numbers
     torchrun --standalone --nproc_per_node=4 bench.py   # training only, one process per GPU, through DDP
 
