@@ -62,8 +62,8 @@ def attention_mask(valid, T, attn):
 class KVCache:
     """One layer's keys and values during generation, in buffers allocated once for the whole sequence.
 
-    Growing the cache with torch.cat would allocate and copy all of it at every new token, so
-    decoding would slow down as it goes. Here a token's K/V is written in place after the filled
+    Growing the cache with torch.cat would allocate and copy all of it at every new token, a cost
+    that grows with the sequence. Here a token's K/V is written in place after the filled
     part, and attention reads the filled part only: the same keys, values and mask as with
     torch.cat, so the same results. (Training does not use this: Bitune's Pass C needs the
     autograd graph through the prompt's K/V, which torch.cat keeps.)
