@@ -102,17 +102,17 @@ class Bitune(nn.Module):
         (None in variants without Pass B), each (B, max(P)-1, C), real where 'prefix_valid'."""
         idx, pos, targets = batch['idx'], batch['pos'], batch['targets']
         P, A = batch['prompt_len'], batch['answer_len']  # (B,) each
-        if int(P.min()) < 2:
+        if not torch.compiler.is_compiling() and int(P.min()) < 2:  # compiled: train.py's bucketed() checks
             raise ValueError("Bitune needs prompts of at least 2 tokens: the prefix is the prompt minus its "
                              "last token, and a 1-token prompt leaves it empty. Add a BOS or template token.")
         T = idx.size(1)
         # 1. prefix = x[0:P-1]: the first max(P)-1 columns, row i real on its first P_i - 1
-        Tp = int(P.max()) - 1
+        Tp = (batch['prompt_width'] if 'prompt_width' in batch else int(P.max())) - 1  # a width given: no sync
         prefix_valid = torch.arange(Tp, device=idx.device)[None] < (P - 1)[:, None]  # (B, Tp)
         # 2-4. Pass A (bidirectional), Pass B (causal), and their K/V mixed per layer
         kv, hidden_a, hidden_b = self.read_prefix(idx[:, :Tp], pos[:, :Tp], prefix_valid, hidden_layer)
         # 5. Pass C reads x[P_i-1 : N_i-1] of row i: gather those columns, left-aligned to width max(A)
-        Tc = int(A.max())
+        Tc = batch['answer_width'] if 'answer_width' in batch else int(A.max())
         t = torch.arange(Tc, device=idx.device)[None]                # (1, Tc)
         answer_valid = t < A[:, None]                                  # (B, Tc)
         cols = ((P - 1)[:, None] + t).clamp(max=T - 1)                 # (B, Tc); clamped columns are padding

@@ -247,7 +247,7 @@ def check_train_config(c, defaults):
     check_ranges(vars(c), {
         '>= 1': 'max_iters batch_size gradient_accumulation_steps eval_interval eval_iters eval_examples '
                       'n_layer n_head n_embd block_size lora_r toy_n_train toy_n_val',
-        '>= 0': 'eval_max_new_tokens warmup_iters min_lr weight_decay grad_clip bai_lambda',
+        '>= 0': 'eval_max_new_tokens warmup_iters min_lr weight_decay grad_clip bai_lambda threads',
         '> 0': 'learning_rate adam_eps lora_alpha bitune_theta_init',
         'in [0, 1)': 'dropout lora_dropout beta1 beta2'})
     if c.init_from == 'scratch' and c.n_embd % c.n_head:

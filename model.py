@@ -56,6 +56,33 @@ def attention_mask(valid, T, attn):
     return allowed[:, None]                                       # (B, 1, T, S), broadcast over heads
 
 # -----------------------------------------------------------------------------
+# The KV cache of generation
+
+
+class KVCache:
+    """One layer's keys and values during generation, in buffers allocated once for the whole sequence.
+
+    Growing the cache with torch.cat would allocate and copy all of it at every new token, a cost
+    that grows with the sequence. Here a token's K/V is written in place after the filled
+    part, and attention reads the filled part only: the same keys, values and mask as with
+    torch.cat, so the same results. (Training does not use this: Bitune's Pass C needs the
+    autograd graph through the prompt's K/V, which torch.cat keeps.)
+    """
+
+    def __init__(self, k, v, size):
+        B, nh, T, hs = k.shape                                   # the prompt's K/V
+        self.k, self.v = k.new_empty(B, nh, size, hs), v.new_empty(B, nh, size, hs)
+        self.k[:, :, :T], self.v[:, :, :T] = k, v
+        self.len = T                                             # columns filled so far
+
+    def append(self, k, v):
+        """Write this call's k, v (B, nh, T, hs) after the filled columns; return all filled ones."""
+        end = self.len + k.size(2)
+        self.k[:, :, self.len:end], self.v[:, :, self.len:end] = k, v
+        self.len = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+# -----------------------------------------------------------------------------
 # The transformer
 
 def has_hidden_layer(layer, n_layer):
@@ -91,7 +118,9 @@ class SelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if past_kv is not None:
+        if isinstance(past_kv, KVCache):  # generation: written in place
+            k, v = past_kv.append(k, v)    # (B, nh, past + T, hs)
+        elif past_kv is not None:          # training: a new tensor that keeps the graph to past_kv
             k = torch.cat([past_kv[0], k], dim=2)  # (B, nh, past + T, hs)
             v = torch.cat([past_kv[1], v], dim=2)
         # mask and is_causal are never passed together (torch refuses that, and they would disagree)
@@ -165,7 +194,8 @@ class GPT(nn.Module):
         idx (B, T) token ids; targets (B, T) next tokens, -1 where no loss is taken.
         pos (B, T) position ids; default past_len + 0..T-1 (fine for right padding).
         valid (B, past_len + T) True for real tokens, cached ones first; default all.
-        attn 'causal' or 'bidir'. past_kv: per layer (k, v), each (B, nh, past_len, hs).
+        attn 'causal' or 'bidir'. past_kv: per layer (k, v), each (B, nh, past_len, hs), or per layer a
+        KVCache (generate()), which this call extends in place.
         return_kv: also return every layer's (k, v) for past + current tokens, with
         their autograd graph. hidden_layer: also return the hidden state after block
         i (0..n_layer-1), after the final LayerNorm for -1, or counted back from there for
@@ -176,7 +206,8 @@ class GPT(nn.Module):
         when return_kv or hidden_layer is asked for.
         """
         B, T = idx.size()
-        past = 0 if past_kv is None else past_kv[0][0].size(2)
+        past = 0 if past_kv is None else (past_kv[0].len if isinstance(past_kv[0], KVCache)  # tokens already cached
+                                          else past_kv[0][0].size(2))
         if attn not in ('causal', 'bidir'):
             raise ValueError(f"attn must be 'causal' or 'bidir', got {attn!r}")
         if pos is None:
@@ -184,7 +215,7 @@ class GPT(nn.Module):
                 raise ValueError(f"sequence of {past + T} tokens is longer than block_size "
                                  f"{self.config.block_size}; shorten the input or use a model with a larger block_size")
             pos = torch.arange(past, past + T, device=idx.device)  # (T,), broadcast over the batch
-        elif pos.max() >= self.config.block_size:
+        elif not torch.compiler.is_compiling() and pos.max() >= self.config.block_size:  # compiled: no sync
             raise ValueError(f"position {int(pos.max())} is past block_size {self.config.block_size}; shorten the input")
         L = self.config.n_layer
         if hidden_layer is not None and not has_hidden_layer(hidden_layer, L):
@@ -215,11 +246,13 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if hidden_layer == -1:
             hidden = x
-        logits = self.lm_head(x) if return_logits else None  # (B, T, vocab): every position, not only the last
+        # compiled: no boolean index below (its shape depends on the data, which breaks the graph)
+        all_logits = return_logits or torch.compiler.is_compiling()
+        logits = self.lm_head(x) if all_logits else None  # (B, T, vocab): every position, not only the last
 
         loss = None
         if targets is not None:  # a mean over every target that is not -1: each answer token weighs the same
-            if return_logits:
+            if all_logits:
                 loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
             else:
                 # the same mean, with lm_head run on the scored positions only. With GPT-2's 50k vocabulary
@@ -227,6 +260,7 @@ class GPT(nn.Module):
                 # and its (B, T, vocab) logits in memory. (The boolean index costs a GPU sync.)
                 scored = targets != -1                                    # (B, T)
                 loss = F.cross_entropy(self.lm_head(x[scored]), targets[scored])
+        logits = logits if return_logits else None
         if not return_kv and hidden_layer is None:
             return logits, loss
         return logits, loss, {'kv': kvs if return_kv else None, 'hidden': hidden}
@@ -261,6 +295,8 @@ class GPT(nn.Module):
             last, kv = self.lm_head(aux['hidden'][:, -1]), aux['kv']
         else:
             last, kv = prefill(idx, pos, valid)
+        kv = [KVCache(k, v, T + max_new_tokens) for k, v in kv]  # room for every token to come
+        valid = torch.cat([valid, valid.new_ones(B, max_new_tokens)], dim=1)  # new tokens are all real
         next_pos = pos[:, -1:] + 1  # (B, 1)
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         out = [idx]
@@ -272,9 +308,8 @@ class GPT(nn.Module):
             out.append(tok)
             if step == max_new_tokens - 1 or (stop_token is not None and bool(done.all())):
                 break
-            valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=idx.device)], dim=1)
-            logits, _, aux = self(tok, pos=next_pos, valid=valid, past_kv=kv, return_kv=True)
-            last, kv, next_pos = logits[:, -1], aux['kv'], next_pos + 1
+            logits, _ = self(tok, pos=next_pos, valid=valid[:, :T + step + 1], past_kv=kv)  # extends kv
+            last, next_pos = logits[:, -1], next_pos + 1
         out = torch.cat(out, dim=1)
         if out.size(1) < T + max_new_tokens:  # stopped early: every row is finished, pad with the stop token
             out = F.pad(out, (0, T + max_new_tokens - out.size(1)), value=stop_token)

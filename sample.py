@@ -33,6 +33,7 @@ temperature = 0.0       # 0 = greedy; higher = more random (never below 0)
 top_k = 0               # keep only the k most likely tokens when sampling; 0 = all
 seed = 1337
 device = 'cpu'
+threads = 0             # torch CPU threads; 0 = torch's default (one per core)
 DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith('_') and isinstance(v, (int, float, str))}
 
 
@@ -79,8 +80,10 @@ def prompts_from(c, meta):
 def main(argv=None):
     from types import SimpleNamespace
     c = SimpleNamespace(**configure(DEFAULTS, sys.argv[1:] if argv is None else argv))
-    check_ranges(vars(c), {'>= 0': 'temperature top_k max_new_tokens', '>= 1': 'num_samples'})
+    check_ranges(vars(c), {'>= 0': 'temperature top_k max_new_tokens threads', '>= 1': 'num_samples'})
     check_device(c.device)
+    if c.threads > 0:
+        torch.set_num_threads(c.threads)
     model, meta = load(c)
     model.eval()
     prompts = prompts_from(c, meta)

@@ -108,7 +108,10 @@ min_lr = 1e-4
 # system
 device = 'auto'          # 'auto' (cuda, then mps, then cpu) | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
 dtype = 'auto'           # 'auto' (bfloat16 where supported, else float32) | 'float32' | 'bfloat16' | 'float16'
-compile = False          # torch.compile the model (CUDA; slower start, faster steps)
+compile = False          # torch.compile the training step (CUDA; slower start, faster steps; evaluation stays eager)
+threads = 0              # torch CPU threads; 0 = torch's default (one per core), what labs/ ran with. The count
+                         # changes float rounding (so not the default's numbers); on this 2-core CPU beside another
+                         # 2-thread run, 1 thread was faster than 2 (50 iterations: 66 s vs 77 s, load average ~3)
 seed = 1337
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items()
@@ -169,6 +172,25 @@ def batch_loss(model, gpt, batch, c, bai_weight):
     return loss + bai_weight * aware, {'ce_loss': loss.item(), 'bai_loss': aware.item()}
 
 
+def bucketed(batch, block_size, bitune_=False):
+    """--compile only: pad a right-padded training batch to the next power of two in width (at most
+    block_size), and give Bitune its longest prompt and answer rounded up the same way, as Python ints
+    ('prompt_width', 'answer_width'). torch.compile builds a graph for each shape it meets, and every
+    batch has its own longest example; this way it meets a handful. The added columns are padding
+    (masked keys, target -1), so the loss is the same up to float rounding; eager runs skip this and
+    keep their exact numbers. bitune_: check here what Bitune.forward checks eagerly (a sync when compiled)."""
+    if bitune_ and int(batch['prompt_len'].min()) < 2:
+        raise ValueError("Bitune needs prompts of at least 2 tokens (the prefix is the prompt minus its last token)")
+    up = lambda n: min(1 << (n - 1).bit_length(), block_size)  # 9 -> 16
+    B, T = batch['idx'].shape
+    W = up(T)
+    extra = lambda t, fill: torch.cat([t, t.new_full((B, W - T), fill)], 1)
+    return {**batch, 'idx': extra(batch['idx'], 0), 'targets': extra(batch['targets'], -1),
+            'valid': extra(batch['valid'], False),
+            'pos': torch.arange(W, device=batch['pos'].device).repeat(B, 1),
+            'prompt_width': up(int(batch['prompt_len'].max())), 'answer_width': up(int(batch['answer_len'].max()))}
+
+
 @torch.no_grad()
 def evaluate(model, gpt, task, c, dev, ctx, bai_weight):
     """Val loss over eval_iters batches (the same ones every time), then the task metric by generation."""
@@ -215,6 +237,8 @@ def main(argv=None):
     c = SimpleNamespace(**configure(DEFAULTS, sys.argv[1:] if argv is None else argv))
     check_train_config(c, DEFAULTS)
     check_out_dir(c.out_dir, c.init_from, c.overwrite)  # before any process of a torchrun run writes there
+    if c.threads > 0:
+        torch.set_num_threads(c.threads)
     rank, world, dev = distributed.setup(pick_device(c.device))  # (0, 1, device) without torchrun
     if c.batch_size < world:  # each process takes a slice of every micro-batch (they may differ by one)
         raise ValueError(f"batch_size={c.batch_size} leaves some of the {world} processes without examples")
@@ -260,7 +284,10 @@ def main(argv=None):
         start_fresh(c.out_dir)  # check_out_dir refused an old run here unless overwrite=True
     if rank > 0:  # its own dropout masks; they are not saved, so a resumed run derives them from the iteration
         torch.manual_seed(c.seed + rank + world * iter_num)
-    fwd_model = torch.compile(model) if c.compile else model  # keep `model` uncompiled for saving (no _orig_mod.)
+    # --compile compiles the training step only: evaluation generates, and its shapes change at every token
+    # (tests set NANOBIDIR_COMPILE_BACKEND=eager: dynamo still builds and counts graphs, without inductor's minutes)
+    backend = os.environ.get('NANOBIDIR_COMPILE_BACKEND', 'inductor')
+    fwd_model = torch.compile(model, backend=backend) if c.compile else model  # `model` saves (no _orig_mod.)
     # batch_loss(fwd_model, ...), through DDP under torchrun; Bitune leaves some parameters without gradients
     train_step = distributed.wrap(fwd_model, batch_loss, dev, unused_parameters=c.method.startswith('bitune'))
 
@@ -268,7 +295,7 @@ def main(argv=None):
     model.train()
     t_start, train_time, tokens_seen, recent = time.time(), 0.0, 0, []
     if iter_num == 0 and rank == 0:  # where training starts from: alpha = 0.5, an untrained (or zero-shot) model
-        log_evaluation(log_path, model, c, evaluate(fwd_model, gpt, task, c, dev, ctx, 0.0), 0, 0.0, 0.0, recent,
+        log_evaluation(log_path, model, c, evaluate(model, gpt, task, c, dev, ctx, 0.0), 0, 0.0, 0.0, recent,
                        0.0, time.time() - t_start)
     bar = tqdm(range(iter_num, c.max_iters), initial=iter_num, total=c.max_iters, desc=c.method, dynamic_ncols=True,
                mininterval=1.0, disable=rank > 0)
@@ -285,6 +312,8 @@ def main(argv=None):
         picks = [torch.randint(len(train_set), (c.batch_size,), generator=data_rng)[mine].tolist()
                  for _ in range(c.gradient_accumulation_steps)]
         micro = [collate([train_set[i] for i in ids], dev, meta['pad']) for ids in picks]
+        if c.compile:
+            micro = [bucketed(b, gpt.config.block_size, c.method.startswith('bitune')) for b in micro]
         n_answer = int(distributed.all_sum([sum(int(b['answer_len'].sum()) for b in micro)])[0])  # all processes'
         step_loss, logged, step_tokens = 0.0, {}, 0
         for i, batch in enumerate(micro):
@@ -318,7 +347,7 @@ def main(argv=None):
         done = it + 1
         if done % c.eval_interval == 0 or done == c.max_iters:
             if rank == 0:
-                evaluation = evaluate(fwd_model, gpt, task, c, dev, ctx, bai_weight)
+                evaluation = evaluate(model, gpt, task, c, dev, ctx, bai_weight)
                 log_evaluation(log_path, model, c, evaluation, done, lr, bai_weight, recent,
                                tokens_seen / max(train_time, 1e-9), time.time() - t_start)
                 if not (math.isfinite(evaluation[0]) and all(p.isfinite().all() for p in model.parameters())):
@@ -334,6 +363,10 @@ def main(argv=None):
         return None
 
     # ---- the end: pictures and a summary
+    if c.compile:  # a handful of graphs, or some shape or Python value is leaking into the compiled step
+        from torch._dynamo.utils import counters
+        print(f"torch.compile built {counters['stats']['unique_graphs']} graphs "
+              f"({sum(counters['graph_break'].values())} graph breaks)")
     written = plot_run(c.out_dir)
     with open(log_path) as f:
         last = json.loads(f.read().strip().splitlines()[-1])

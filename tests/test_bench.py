@@ -31,7 +31,7 @@ def test_quick_bench_writes_every_section(tmp_path):
     for row, keys in numbers:
         for k in keys:
             assert row[k] > 0, (row, k)
-    assert len(r['targets']) == 7 and all(t['value'] > 0 and isinstance(t['ok'], bool) for t in r['targets'])
+    assert len(r['targets']) == 8 and all(t['value'] > 0 and isinstance(t['ok'], bool) for t in r['targets'])
 
 
 def test_bad_settings_fail_with_a_clear_message(tmp_path):

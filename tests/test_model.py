@@ -130,6 +130,58 @@ def test_generate_with_cache_equals_full_recomputation_on_a_padded_batch(tiny_gp
         assert out[i, P:].tolist() == seq[0, len(p):].tolist()
 
 
+def decode_with_cat(model, last, kv, valid, pos, n):
+    """Greedy decoding with a cache grown by torch.cat (the training path of past_kv): the reference
+    that the preallocated cache of generate() must match bit for bit. Returns every step's logits."""
+    seen, valid = [last], valid.clone()
+    for _ in range(n - 1):
+        tok, pos = last.argmax(-1, keepdim=True), pos + 1
+        valid = torch.cat([valid, torch.ones_like(tok, dtype=torch.bool)], 1)
+        logits, _, aux = model(tok, pos=pos, valid=valid, past_kv=kv, return_kv=True)
+        last, kv = logits[:, -1], aux['kv']
+        seen.append(last)
+    return torch.stack(seen)
+
+
+@pytest.mark.parametrize('shape', ['toy', 'gpt2'])
+@torch.no_grad()
+def test_preallocated_cache_gives_the_logits_of_a_cache_grown_by_cat(shape, monkeypatch):
+    """The static KVCache writes in place and attends to the filled columns: the same numbers as
+    torch.cat, for the plain prefill and Bitune's, on left-padded batches, toy and GPT-2 shapes."""
+    from bitune import Bitune
+    from model import GPT, GPTConfig, KVCache
+    cfg = (dict(n_layer=4, n_head=4, n_embd=128, vocab_size=18, block_size=64) if shape == 'toy' else
+           dict(n_layer=2, n_head=12, n_embd=768, vocab_size=50257, block_size=64))  # GPT-2's widths, 2 blocks
+    torch.manual_seed(0)
+    gpt = add_adapters(GPT(GPTConfig(**cfg)), names=('causal', 'bidir'))
+    randomize_adapters(gpt)
+    bitune = Bitune(gpt).eval()
+    set_adapter(gpt, 'causal')
+    seen, writes = [], []
+    real_append = KVCache.append
+    monkeypatch.setattr(KVCache, 'append', lambda self, k, v: writes.append(self.k.size(2)) or real_append(self, k, v))
+    real_sample = GPT._sample
+    monkeypatch.setattr(GPT, '_sample', staticmethod(lambda logits, *a: seen.append(logits) or real_sample(logits, *a)))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):  # two batches of different left padding
+        idx = torch.randint(1, cfg['vocab_size'], (4, 9), generator=g)
+        valid = torch.arange(9)[None] >= torch.tensor([0, 6, 3, 1])[:, None]  # rows of 9, 3, 6, 8 tokens
+        idx = idx.masked_fill(~valid, 0)
+        pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+        for model in (gpt, bitune):
+            seen.clear(), writes.clear()
+            model.generate(idx, 12, temperature=0.0, valid=valid)
+            assert writes == [9 + 12] * (11 * cfg['n_layer'])  # every decoded token went into the buffers
+            if model is gpt:
+                _, _, aux = gpt(idx, pos=pos, valid=valid, return_kv=True, hidden_layer=-1, return_logits=False)
+                last, kv = gpt.lm_head(aux['hidden'][:, -1]), aux['kv']  # generate()'s own prefill
+            else:
+                last, kv = bitune.prefill(idx, pos, valid)
+            with adapter(gpt, 'causal'):
+                expected = decode_with_cat(gpt, last, kv, valid, pos[:, -1:], 12)
+            assert torch.equal(torch.stack(seen), expected)
+
+
 def test_generate_stops_rows_at_the_stop_token(tiny_gpt):
     model = tiny_gpt()
     idx = torch.randint(1, 23, (4, 5))

@@ -100,6 +100,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path,
     (['--out_dir=out-{methd}'], "braces may only name settings"),
     (['--method=bitune_bai', '--bai_pivots=C'], "bai_pivots='C': choose one of"),
     (['--bitune_variant=halfway'], "bitune_variant='halfway': choose one of"),
+    (['--threads=-1'], "threads"),
     # variants that read the prompt once have no causal Pass B to take pivots from
     (['--method=bitune_bai', '--bai_pivots=B', '--bitune_variant=naive'], "variant 'naive' does not have"),
     (['--method=bitune_bai', '--bai_pivots=B', '--bitune_variant=no_mixing'], "variant 'no_mixing' does not have"),
@@ -107,6 +108,15 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path,
 def test_bad_configuration_fails_at_start_up(tmp_path, args, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         run(tmp_path, *args)
+
+
+def test_threads_sets_torchs_cpu_threads(tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch, 'set_num_threads', asked.append)
+    run(tmp_path, '--method=causal', '--max_iters=1', '--threads=1')
+    sample.main([f'--ckpt={tmp_path / "out" / "ckpt.pt"}', '--start=123 R', '--threads=1'])
+    run(tmp_path, '--method=causal', '--max_iters=1', name='default')  # 0: torch's own default, untouched
+    assert asked == [1, 1]
 
 
 def test_learning_rate_schedule():
