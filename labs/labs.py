@@ -282,7 +282,8 @@ def plan(opts, passthrough):
 
 # The files whose edits change a run's numbers: train.py and what it imports (utils/plot.py draws only)
 CODE = ('train.py', 'configurator.py', 'model.py', 'adapters.py', 'bitune.py', 'bai.py', 'data/tasks.py',
-        'data/toy/toy.py', 'utils/checkpoint.py', 'utils/evaluate.py', 'utils/distributed.py', 'utils/weights.py')
+        'data/prepare_common.py', 'data/toy/toy.py', 'utils/checkpoint.py', 'utils/evaluate.py',
+        'utils/distributed.py', 'utils/weights.py')
 # Settings that say where a run goes or what to do with an old one, not what it computes
 PLACES = ('out_dir', 'overwrite')
 
@@ -660,7 +661,7 @@ def pool(opts, passthrough):
                 if diff else 'code (its method files differ from these)'
             raise ValueError(f"{where}: its '{rec['arm']}' run of seed {rec['seed']} was made with other {what}; "
                              f"pool only shares of the same command (e.g. --quick) on the same code")
-        r['rows'] = rec['rows']
+        r['rows'], r['source'] = rec['rows'], where
     return list(runs.values())
 
 
@@ -671,7 +672,7 @@ def main(argv=None):
     try:
         if opts['pool']:
             runs, failed = pool(opts, passthrough), []
-            results = aggregate(runs, opts)
+            results = {**aggregate(runs, opts), 'pooled': sorted({r['source'] for r in runs if 'source' in r})}
             note = f"pooled {len(opts['seeds'])} seeds ({', '.join(map(str, opts['seeds']))}) from {opts['pool']}"
         else:
             runs = plan(opts, passthrough)

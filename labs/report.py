@@ -50,11 +50,11 @@ def tables(res):
              f"to causal (Bitune reads the prompt prefix twice); 's/run': one run's seconds of training and "
              f"evaluation, from its log, on the machine that ran it."]
     if 'pooled' in res:  # a class's lab: every student's shares pooled into one table
-        lines += ["", f"Pooled: n = {len(res['seeds'])} seeds, from {count(res['pooled'])} share file(s) "
+        lines += ["", f"Pooled: n = {len(res['seeds'])} seeds, from {count(res['pooled'])} share file(s) or run folder(s) "
                       f"(each a student's own seeds, run with the same settings)."]
     if 'reused' in res:
-        lines += ["", f"Reused runs: {count(res['reused'])} of the runs were already finished on disk and were not "
-                      f"run again (their s/run is from when they ran)."]
+        lines += ["", f"Reused runs: {count(res['reused'])} of {res.get('runs', '?')} runs were already finished on disk "
+                      f"with the same settings and code, and were not run again (their s/run is from when they ran)."]
     # the other metrics (exact match per operation), as means, in the order the logs give them
     ops = list(dict.fromkeys(k for a in arms.values() for v in a['views'].values() for k in v['stats'] if k != metric))
     titles = {'compute': f"{VIEWS['compute']}: {millions(budget['token_forwards'])} token-forwards per arm "

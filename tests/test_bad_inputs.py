@@ -453,7 +453,7 @@ def test_6_a_fresh_run_never_replaces_an_old_one_unless_asked(e):
 
 def test_6_labs_starts_an_unfinished_arm_over_with_overwrite(tmp_path, monkeypatch):
     commands = []
-    monkeypatch.setattr(labs.subprocess, 'run', lambda cmd, **k: commands.append(cmd) or SimpleNamespace(returncode=0))
+    monkeypatch.setattr(labs.subprocess, 'Popen', lambda cmd, **k: commands.append(cmd))
     labs.launch({'out_dir': str(tmp_path / 'arm'), 'argv': ['--max_iters=2']}, threads=1)
     assert commands[0][1:] == ['train.py', '--max_iters=2', '--overwrite=True']
 

@@ -36,7 +36,7 @@ def save_png(fig, path):
 
 def read_log(out_dir):
     if not os.path.isfile(os.path.join(out_dir, 'log.jsonl')):
-        raise FileNotFoundError(f"{out_dir!r} holds no log.jsonl: give the out_dir of a training run "
+        raise FileNotFoundError(f"{out_dir} holds no log.jsonl: pass the out_dir of a run of train.py "
                                 f"(python train.py writes out/)")
     with open(os.path.join(out_dir, 'log.jsonl')) as f:
         return [json.loads(line) for line in f if line.strip()]
