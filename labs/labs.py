@@ -9,7 +9,8 @@ The handouts (what each lab asks, how long it takes, what we measured) are in la
     python labs/labs.py --lab=bai_settings --jobs=2      # BAI's pivot layer and lambda (arXiv 2408.13959)
     python labs/labs.py --lab=bitune_bai --jobs=2        # Bitune + BAI: pivots from Pass A or B, a layer, the loss
     python labs/labs.py --lab=finetune --jobs=2          # pretrain on copy, then LoRA/DoRA/IA3, causal vs Bitune, on the other ops
-    python labs/labs.py --lab=methods --quick --jobs=2   # a small grid (QUICK below): minutes, not an hour
+    python labs/labs.py --lab=methods --quick --jobs=2   # a small grid (QUICK below): checks a lab runs; its
+                                                         # results do not carry the full lab's lessons
     python labs/labs.py --lab=methods --seeds=1,2 --max_iters=100 --n_layer=2   # any other --key=value reaches every run
 
 Two views of every lab:
@@ -29,8 +30,9 @@ eval_examples, so it costs time (in elapsed_s and the wall-time curves) but no t
 
 Runs land in out_dir/<arm>/s<seed>/, and s<seed>_equal_compute/ where that view needs a longer run
 (default out_dir: labs/runs/<lab>, or labs/runs/<lab>_quick). Results in out_dir: results.md (tables),
-results.json (every number), results.png (final scores, both views), results_curves.png (exact match
-against token-forwards and wall time).
+results.json (every number), results_forest.png (each arm's paired difference with its interval, both
+views), results.png (final scores, each seed linked across arms), results_curves.png (exact match
+against token-forwards, one panel per arm, and wall time); labs/report.py FOLDER redraws them.
 
 Stopping and reusing. Ctrl-C (or SIGTERM) stops the running runs, starts no other, and says how many
 are kept; the same command continues. A run is reused only if it finished with the same fingerprint:
@@ -686,8 +688,8 @@ def main(argv=None):
         lines = report.write_results(results, opts['out_dir'])
     finally:
         release(held)
-    print('\n'.join(lines) + f"\n{note}\nwrote {opts['out_dir']}/results.md, results.json, results.png, "
-          f"results_curves.png")
+    print('\n'.join(lines) + f"\n{note}\nwrote {opts['out_dir']}/results.md, results.json, results_forest.png, "
+          f"results.png, results_curves.png")
     if failed:
         raise RuntimeError(f"{len(failed)} run(s) failed: {', '.join(r['out_dir'] for r in failed)}; read their "
                            f"train.txt, fix the cause, and run the same command again (finished runs are kept)")
