@@ -670,6 +670,7 @@ def pool(opts, passthrough):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     opts, passthrough = parse_args(argv)
+    runs = None if opts['pool'] else plan(opts, passthrough)  # a typo in a setting fails before anything else
     held = take_lock(opts['out_dir'])
     try:
         if opts['pool']:
@@ -677,7 +678,6 @@ def main(argv=None):
             results = {**aggregate(runs, opts), 'pooled': sorted({r['source'] for r in runs if 'source' in r})}
             note = f"pooled {len(opts['seeds'])} seeds ({', '.join(map(str, opts['seeds']))}) from {opts['pool']}"
         else:
-            runs = plan(opts, passthrough)
             reused = sum(map(finished, runs))
             failed = run_all(runs, opts['jobs'], again=' '.join(['python labs/labs.py', *map(shlex.quote, argv)]))
             results = {**aggregate(runs, opts), 'runs': len(runs), 'reused': reused}

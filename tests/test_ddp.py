@@ -120,7 +120,9 @@ def test_a_killed_process_ends_the_run_with_a_line_that_says_so_and_how_to_resum
     r = torchrun('--method=causal', '--max_iters=50', f'--out_dir={tmp_path / "out"}', script=str(script))
     assert r.returncode != 0
     errors = [line for line in r.stderr.splitlines() if 'error: ' in line]
-    assert len(errors) == 1 and errors[0].startswith('error: rank 0: another process of this run stopped'), r.stderr[-3000:]
+    # rank 0 meets either the broken connection or torchrun's SIGTERM first: each line says what happened
+    assert len(errors) == 1 and errors[0].startswith('error: rank 0: '), r.stderr[-3000:]
+    assert 'another process of this run stopped' in errors[0] and '--init_from=resume' in errors[0], errors[0]
     assert '--init_from=resume' in errors[0] and 'bug' not in errors[0]
 
 

@@ -11,18 +11,19 @@ from labs import labs
 from test_labs import TINY, TWO_ARMS, TrainHere, tiny_lab, train_here  # noqa: F401 (fixtures)
 
 SHORT = ['--max_iters=2', '--evals=1', *TINY]
+CLASS = ','.join(map(str, range(11, 31)))  # 20 students' seeds
 
 
 @pytest.fixture(scope='module')
 def whole(tmp_path_factory):
-    """The tiny lab over seeds 1, 2, 3 by one labs.py: its out_dir, with a share per seed (once for
-    this file's tests, which only read it)."""
+    """The tiny lab over seeds 11 to 30, a class of 20, by one labs.py: its out_dir, with a share per
+    seed (once for this file's tests, which only read it)."""
     out = tmp_path_factory.mktemp('whole')
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(labs.LABS, 'tiny', TWO_ARMS)
         mp.setattr(labs.subprocess, 'Popen', TrainHere)
         mp.setattr(TrainHere, 'commands', [])
-        labs.main(['--lab=tiny', '--seeds=1,2,3', f'--out_dir={out}', *SHORT])
+        labs.main(['--lab=tiny', f'--seeds={CLASS}', f'--out_dir={out}', *SHORT])
     return out
 
 
@@ -39,25 +40,25 @@ def results(folder):
 
 
 def test_pooled_shares_give_the_numbers_of_one_lab_over_the_same_seeds(whole, tiny_lab, tmp_path):
-    share = json.loads((whole / 'share_s2.json').read_text())
-    assert (share['lab'], share['seed'], share['arms']) == (tiny_lab, 2, ['causal', 'bitune'])
+    share = json.loads((whole / 'share_s12.json').read_text())
+    assert (share['lab'], share['seed'], share['arms']) == (tiny_lab, 12, ['causal', 'bitune'])
     assert [(r['arm'], r['views'], r['max_iters']) for r in share['runs']] == \
         [('causal', ['steps'], 2), ('causal', ['compute'], 3), ('bitune', ['steps', 'compute'], 2)]
     run = share['runs'][2]
     assert set(run) == {'arm', 'seed', 'views', 'max_iters', 'tokens_per_step', 'cost', 'fingerprint', 'rows'}
-    assert run['rows'] == labs.read_log(whole / 'bitune' / 's2') and run['cost'] > 1.2
-    assert run['fingerprint']['settings']['seed'] == 2 and len(run['fingerprint']['code']) == 64
-    assert (whole / 'share_s2.json').stat().st_size < 20_000  # rows and settings, no checkpoints
+    assert run['rows'] == labs.read_log(whole / 'bitune' / 's12') and run['cost'] > 1.2
+    assert run['fingerprint']['settings']['seed'] == 12 and len(run['fingerprint']['code']) == 64
+    assert (whole / 'share_s12.json').stat().st_size < 20_000  # rows and settings, no checkpoints
     expected = {k: v for k, v in results(whole).items() if k not in ('runs', 'reused')}
     pooled = lambda folder: {k: v for k, v in results(folder).items() if k != 'pooled'}  # noqa: E731
     tables = lambda folder: [line for line in (folder / 'results.md').read_text().splitlines()  # noqa: E731
                              if not line.startswith(('Pooled:', 'Reused runs:'))]
-    folder = hand_in(tmp_path / 'class', *(whole / f'share_s{s}.json' for s in (3, 1, 2)))
+    folder = hand_in(tmp_path / 'class', *(whole / f'share_s{s}.json' for s in [*range(30, 20, -1), *range(11, 21)]))
     labs.main([f'--lab={tiny_lab}', f'--pool={folder}', *SHORT])
     assert pooled(folder) == expected  # every number, timings included: the same rows, one code path
     assert tables(folder) == tables(whole)
-    assert sorted(os.path.basename(p) for p in results(folder)['pooled']) == ['share_s1.json', 'share_s2.json', 'share_s3.json']
-    assert 'Pooled: n = 3 seeds, from 3 share file(s) or run folder(s)' in (folder / 'results.md').read_text()
+    assert sorted(os.path.basename(p) for p in results(folder)['pooled']) == sorted(f'share_s{s}.json' for s in range(11, 31))
+    assert 'Pooled: n = 20 seeds, from 20 share file(s) or run folder(s)' in (folder / 'results.md').read_text()
     # a full lab's run folders pool the same, without its shares
     tree = tmp_path / 'tree'
     shutil.copytree(whole, tree, ignore=shutil.ignore_patterns('share_s*', 'results*'))
@@ -68,9 +69,9 @@ def test_pooled_shares_give_the_numbers_of_one_lab_over_the_same_seeds(whole, ti
 def test_a_student_runs_some_arms_at_the_whole_labs_budget_and_a_seed_is_handed_in_once(whole, tiny_lab, tmp_path,
                                                                                        train_here, capsys):
     student = tmp_path / 'student'
-    labs.main([f'--lab={tiny_lab}', '--arms=causal', '--seeds=2', f'--out_dir={student}', *SHORT])
-    assert f"share: {student / 'share_s2.json'} (hand it in" in capsys.readouterr().out
-    mine, theirs = (json.loads((d / 'share_s2.json').read_text())['runs'] for d in (student, whole))
+    labs.main([f'--lab={tiny_lab}', '--arms=causal', '--seeds=12', f'--out_dir={student}', *SHORT])
+    assert f"share: {student / 'share_s12.json'} (hand it in" in capsys.readouterr().out
+    mine, theirs = (json.loads((d / 'share_s12.json').read_text())['runs'] for d in (student, whole))
     # causal at equal compute trains Bitune's budget (3 steps) though Bitune is not among the arms
     assert [r['max_iters'] for r in mine] == [2, 3]
     timing = ('elapsed_s', 'tokens_per_s')
@@ -78,9 +79,9 @@ def test_a_student_runs_some_arms_at_the_whole_labs_budget_and_a_seed_is_handed_
         assert a['fingerprint'] == b['fingerprint']
         assert [{k: v for k, v in row.items() if k not in timing} for row in a['rows']] == \
             [{k: v for k, v in row.items() if k not in timing} for row in b['rows']]
-    folder = hand_in(tmp_path / 'class', whole / 'share_s2.json', student / 'share_s2.json')
-    with pytest.raises(ValueError, match=f"seed 2 is handed in twice: {folder / 'student0' / 'share_s2.json'} "
-                                         f"and {folder / 'student1' / 'share_s2.json'}"):
+    folder = hand_in(tmp_path / 'class', whole / 'share_s12.json', student / 'share_s12.json')
+    with pytest.raises(ValueError, match=f"seed 12 is handed in twice: {folder / 'student0' / 'share_s12.json'} "
+                                         f"and {folder / 'student1' / 'share_s12.json'}"):
         labs.main([f'--lab={tiny_lab}', f'--pool={folder}', *SHORT])
 
 
@@ -89,15 +90,15 @@ def test_a_student_runs_some_arms_at_the_whole_labs_budget_and_a_seed_is_handed_
     (lambda fp: fp.update(code='0' * 64), 'other code'),
 ])
 def test_a_share_of_other_settings_or_code_is_refused_naming_the_file(whole, tiny_lab, tmp_path, change, message):
-    folder = hand_in(tmp_path / 'class', whole / 'share_s1.json', whole / 'share_s2.json')
-    path = folder / 'student1' / 'share_s2.json'
+    folder = hand_in(tmp_path / 'class', whole / 'share_s11.json', whole / 'share_s12.json')
+    path = folder / 'student1' / 'share_s12.json'
     share = json.loads(path.read_text())
     change(share['runs'][1]['fingerprint'])
     path.write_text(json.dumps(share))
-    with pytest.raises(ValueError, match=f"{path}: its 'causal' run of seed 2 was made with {message}"):
+    with pytest.raises(ValueError, match=f"{path}: its 'causal' run of seed 12 was made with {message}"):
         labs.main([f'--lab={tiny_lab}', f'--pool={folder}', *SHORT])
     # so is a pool command of other settings than the students ran
-    path.write_text((whole / 'share_s2.json').read_text())
+    path.write_text((whole / 'share_s12.json').read_text())
     with pytest.raises(ValueError, match='other settings'):
         labs.main([f'--lab={tiny_lab}', f'--pool={folder}', *SHORT, '--n_embd=32'])
 
