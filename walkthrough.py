@@ -162,6 +162,7 @@ def plot_masks(path, masks, pieces, meta):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from utils.plot import save_png
     prefix, valid_a, tokens_c, valid_c = pieces
     Tp = prefix.size(1)
     B = prefix.size(0)
@@ -185,8 +186,7 @@ def plot_masks(path, masks, pieces, meta):
                  "padding key but itself; red line: mixed prefix | Pass C's own)", fontsize=12)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path, dpi=90)
     print('wrote', path)
 
 

@@ -149,8 +149,10 @@ def finish(fig, title, bottom=0.0):
 
 
 def save(fig, plt, path, title, bottom=0.0):
+    from configurator import atomic_file
     finish(fig, title, bottom)
-    fig.savefig(path, dpi=DPI)
+    with atomic_file(path, 'wb') as f:  # whole or not at all, like every picture of a run
+        fig.savefig(f, format='png', dpi=DPI)
     plt.close(fig)
 
 

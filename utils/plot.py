@@ -25,11 +25,10 @@ matplotlib.use('Agg')  # files only: works on a server with no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def save_png(fig, path):
+def save_png(fig, path, dpi=100):
     """Write the figure whole or not at all (a killed run or a full disk leaves no half picture); returns path."""
-    fig.tight_layout()
     with configurator.atomic_file(path, 'wb') as f:
-        fig.savefig(f, format='png', dpi=100)
+        fig.savefig(f, format='png', dpi=dpi)
     plt.close(fig)
     return path
 
@@ -51,6 +50,7 @@ def plot_run(out_dir):
     written = []
 
     def save(fig, name):
+        fig.tight_layout()
         written.append(save_png(fig, os.path.join(out_dir, name)))
 
     # losses; for BAI the awareness loss sits beside the autoregressive one
@@ -130,7 +130,7 @@ def plot_attention(out_dir, text, layer=0):
         raise ValueError(f"layer {layer}: the model has layers 0..{gpt.config.n_layer - 1}")
     if meta['tokenizer'] != 'char':
         raise ValueError("attention pictures are drawn for toy checkpoints (one character per token)")
-    prompt = toy.parse_prompt(text, meta)[:-1]  # Bitune's prefix: the prompt minus its last token
+    *prompt, last = toy.parse_prompt(text, meta)  # Bitune's prefix: the prompt minus its last token
     idx = torch.tensor([prompt])
     labels = [meta['itos'][t] for t in prompt]
     from adapters import adapter, adapter_kinds
@@ -148,15 +148,11 @@ def plot_attention(out_dir, text, layer=0):
             ax.set_title(f"{'causal (Pass B)' if attn == 'causal' else 'bidirectional (Pass A)'}, head {h}",
                          fontsize=9)
     fig.suptitle(f"layer {layer} attention weights on Bitune's prefix of {text!r}: the prompt minus its last token "
-                 f"{meta['itos'][toy.parse_prompt(text, meta)[-1]]!r}\n(rows: queries, columns: keys; "
+                 f"{meta['itos'][last]!r}\n(rows: queries, columns: keys; "
                  f"each row sums to 1)", fontsize=10)
     fig.tight_layout()
-    fig.colorbar(im, ax=axes, shrink=0.8, label='attention weight')
-    path = os.path.join(out_dir, 'attention.png')
-    with configurator.atomic_file(path, 'wb') as f:  # whole or not at all
-        fig.savefig(f, format='png', dpi=100)
-    plt.close(fig)
-    return path
+    fig.colorbar(im, ax=axes, shrink=0.8, label='attention weight')  # after the layout, beside every panel
+    return save_png(fig, os.path.join(out_dir, 'attention.png'))
 
 
 def main(argv):
