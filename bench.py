@@ -3,7 +3,8 @@ Speed and memory of causal tuning, Bitune (arXiv 2405.14862) and BAI (arXiv 2408
 
     python bench.py                          # train.py's toy model; one to two minutes on a 2-core CPU
     python bench.py --model=gpt2-shape       # GPT-2 124M's shape with random weights (nothing is downloaded)
-    python bench.py --model=gpt2-shape --dtype=bfloat16 --compile=True --out=bench_gpu.json   # a GPU's whole table
+    python bench.py --model=gpt2-shape --dtype=bfloat16 --compile=True --peak_tflops=989 --out=bench_gpu.json
+                                             # a GPU's whole table (989: an H100/H200 SXM's dense bfloat16 peak)
     python bench.py --quick=True             # one or two calls of everything: for tests, not for numbers
     torchrun --standalone --nproc_per_node=4 bench.py   # training only, one process per GPU, through DDP
 
@@ -14,6 +15,12 @@ One table per part, and every number in bench.json (--out):
              with the KV cache, and a loop without a cache that re-reads the whole sequence every step.
   inference  one forward of the training batch: no adapters, a LoRA adapter unmerged, and merged.
   targets    the project's speed goals, each printed PASS or MISS (goals, not assertions).
+MFU (model FLOPs utilization, mfu_pct): the FLOPs the model needs for the tokens it handled, per second, over
+the device's peak. Model FLOPs are counted as nanoGPT and PaLM count them: per token 2 per base weight
+forward, 4 more backward (2 with a frozen base: no weight gradients), and attention's 4 * n_layer * n_embd
+per key of the sequence (x3 with backward); Bitune's step counts the tokens of its three passes. Adapters' own few
+FLOPs are not counted. The peak is --peak_tflops (the datasheet's dense number for the dtype), or where
+that is 0, the speed of a large matmul timed here: a CPU has no datasheet number for torch's kernels.
 Under torchrun only the training part runs (generation and inference do not change with the number of
 processes): every process takes steps on its own batch_size examples, DDP sums the gradients, and the
 table gives tokens/s per process and in total, so the total over one process's is the speed-up.
@@ -72,6 +79,7 @@ device = 'auto'          # 'auto' (cuda, then mps, then cpu) | 'cpu' | 'cuda' | 
 dtype = 'auto'           # 'auto' (bfloat16 on CUDA where supported, else float32) | 'float32' | 'bfloat16'
 compile = False          # also time compiled training steps (and compiled inference forwards; not generation); minutes on a CPU
 threads = 1              # torch CPU threads: 1 keeps timings steady on a shared or small CPU; 0 = torch's default
+peak_tflops = 0.0        # the device's peak TFLOP/s for MFU (datasheet, for dtype); 0 = time a large matmul here
 out = 'bench.json'
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -118,6 +126,22 @@ def memory_mb(dev, rise, model, opt=None):
         return rss / 2**20 if sys.platform == 'darwin' else rss / 2**10
     held = list(model.parameters()) + ([v for s in opt.state.values() for v in s.values()] if opt else [])
     return rise + sum(t.numel() * t.element_size() for t in held if torch.is_tensor(t)) / 2**20
+
+
+def model_flops(c, tokens, keys, train, frozen=False):
+    """Model FLOPs of `tokens` tokens that each attend over `keys` keys (see the docstring)."""
+    L, C = c['n_layer'], c['n_embd']
+    weights = L * (12 * C * C + 13 * C) + c['vocab_size'] * C + 2 * C  # every GPT-2 weight but wpe (a lookup)
+    per_weight = (4 if frozen else 6) if train else 2
+    return tokens * (per_weight * weights + (3 if train else 1) * 4 * L * C * keys)
+
+
+def matmul_tflops(dev, ctx, n):
+    """TFLOP/s of an n x n matmul here, in the run's dtype (ctx): MFU's peak where no datasheet number is given."""
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    with ctx:
+        t, _ = interleaved({'mm': lambda: a @ b}, dev, 2, 5)
+    return 2 * n ** 3 / t['mm'] / 1e12
 
 
 def examples(n, P, A, vocab, g):
@@ -186,7 +210,11 @@ def bench_train(c, ctx, batch):
         steps = {n: train_step(m, models[n], opts[n], batch, ctx, comp, dev) for n, (m, comp) in zip(names, cases)}
         first = {n: first_call_s(fn, dev) for n, fn in steps.items()}
         t, rise = interleaved(steps, dev, c['warmup'], c['iters'])
+        # Bitune's step reads (P - 1) + (P - 1) + A tokens per example where a causal step reads T = P + A
+        tokens = {n: B * T * (c['token_ratio'] if n.startswith('bitune') else 1) for n in names}
+        flops = {n: model_flops(c, tokens[n], T, train=True, frozen=peft_ != 'none') for n in names}
         rows += [dict(method=n, peft=peft_, ms_per_step=1e3 * s, vs_causal=s / t['causal'], tokens_per_s=B * T / s,
+                      mfu_pct=100 * flops[n] / s / (c['peak_tflops'] * 1e12),
                       peak_mem_mb=memory_mb(dev, rise[n], models[n], opts[n]),
                       **({'compile_s': first[n] - s if n.endswith('+compile') else 0.0} if c['compile'] else {}))
                  for n, s in t.items()]
@@ -221,6 +249,8 @@ def bench_generate(c, ctx, idx, valid):
     models = {m: build(c, m, c['gen_peft'], block).eval() for m in ('causal', 'bitune')}
     causal, bitune = models['causal'], models['bitune']
     pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+    # decoding n tokens: each a forward over, on average, the prompt and half of the new tokens
+    mfu = lambda n, s: 100 * model_flops(c, B * n, P + n / 2, train=False) / max(s, 1e-9) / (c['peak_tflops'] * 1e12)
     rows = []
     with ctx:
         # the prompt alone: GPT.generate's first call; Bitune's Passes A, B, the mix and Pass C on the last token
@@ -232,6 +262,7 @@ def bench_generate(c, ctx, idx, valid):
             # decoding = the whole generate() minus its prefill
             rows += [dict(method=m, new_tokens=n, prefill_ms=1e3 * pre[m],
                           decode_tokens_per_s=B * n / max(t[m] - pre[m], 1e-9),
+                          mfu_pct=mfu(n, t[m] - pre[m]),
                           peak_mem_mb=memory_mb(dev, rise[m], models[m])) for m in models]
         decode_no_cache(causal, idx, valid, 2)  # warm-up; then one run to the longest length serves all
         clock = []
@@ -240,6 +271,7 @@ def bench_generate(c, ctx, idx, valid):
         # its first step is the prefill; decoding is the rest, as for the cached rows
         rows += [dict(method='no_cache', new_tokens=n, prefill_ms=1e3 * clock[0],
                       decode_tokens_per_s=B * n / max(clock[n - 1] - clock[0], 1e-9),
+                      mfu_pct=mfu(n, clock[n - 1] - clock[0]),
                       peak_mem_mb=memory_mb(dev, rise['no_cache'], causal)) for n in lengths]
     return rows
 
@@ -314,7 +346,7 @@ def main(argv=None):
     c.update(GPT2_SHAPE if c['model'] == 'gpt2-shape' else {})
     c.update(dict(warmup=1, iters=2, gen_iters=1, gen_tokens='4,8') if c['quick'] else {})
     check_ranges(c, {'>= 1': 'n_layer n_head n_embd vocab_size block_size batch_size gen_batch_size iters gen_iters',
-                     '>= 0': 'warmup threads'})
+                     '>= 0': 'warmup threads peak_tflops'})
     if not all(n.strip().isdigit() and int(n) > 0 for n in c['gen_tokens'].split(',')):
         raise ValueError(f"gen_tokens={c['gen_tokens']!r}: positive token counts separated by commas, e.g. 32,128")
     if c['n_embd'] % c['n_head']:
@@ -345,16 +377,20 @@ def main(argv=None):
     load = lambda: round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else None  # 1-minute load average
     machine = dict(device=dev, cpu=cpu, gpu=torch.cuda.get_device_name() if dev.startswith('cuda') else None,
                    cores=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__, dtype=dt,
-                   load_before=load())
+                   load_before=load(), peak_from='--peak_tflops')
+    if c['peak_tflops'] <= 0:
+        n = 256 if c['quick'] else 8192 if dev.startswith('cuda') else 2048
+        c['peak_tflops'], machine['peak_from'] = matmul_tflops(dev, ctx, n), f'a {n}x{n} {dt} matmul timed here'
     print(f"{dev} ({machine['gpu'] or cpu}), threads={machine['threads']}, {dt}, compile={c['compile']}; "
           f"model {c['model']} {c['n_layer']}x{c['n_embd']}, vocab {c['vocab_size']}; "
-          f"load average {machine['load_before']} on {machine['cores']} cores")
+          f"load average {machine['load_before']} on {machine['cores']} cores; MFU's peak "
+          f"{c['peak_tflops']:.3g} TFLOP/s ({machine['peak_from']})")
     if machine['load_before'] and machine['load_before'] > 0.5 * machine['cores']:
         print("warning: other jobs are using this machine: times are longer and noisier than on an idle one "
               "(and torch threads that outnumber the free cores wait on each other)")
     # Bitune reads P-1 prefix tokens twice (Passes A, B), then the answer's A tokens (Pass C: the
     # last prompt token + the answer without its EOS); a causal step reads all T = P + A tokens
-    ratio = ((P - 1) + (P - 1) + A) / (P + A)
+    ratio = c['token_ratio'] = ((P - 1) + (P - 1) + A) / (P + A)
     t0 = time.time()
     train = bench_train(c, ctx, batch)
     per = ' per process' if distributed.launched() else ''

@@ -7,6 +7,7 @@ import pytest
 
 import bench
 import configurator
+from model import GPT, GPTConfig
 
 TINY = ['--quick=True', '--n_layer=2', '--n_head=2', '--n_embd=32', '--batch_size=4', '--gen_batch_size=2',
         '--device=cpu', '--threads=1']
@@ -25,12 +26,13 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert {(g['method'], g['new_tokens']) for g in r['generate']} == {(m, n) for m in ('causal', 'bitune', 'no_cache')
                                                                       for n in (4, 8)}
     assert {l['case'] for l in r['lora']} == {'plain', 'unmerged', 'merged'}
-    numbers = [(t, ('ms_per_step', 'tokens_per_s', 'peak_mem_mb', 'vs_causal')) for t in r['train']]
-    numbers += [(g, ('prefill_ms', 'decode_tokens_per_s', 'peak_mem_mb')) for g in r['generate']]
+    numbers = [(t, ('ms_per_step', 'tokens_per_s', 'mfu_pct', 'peak_mem_mb', 'vs_causal')) for t in r['train']]
+    numbers += [(g, ('prefill_ms', 'decode_tokens_per_s', 'mfu_pct', 'peak_mem_mb')) for g in r['generate']]
     numbers += [(l, ('ms', 'tokens_per_s', 'peak_mem_mb')) for l in r['lora']]
     for row, keys in numbers:
         for k in keys:
             assert row[k] > 0, (row, k)
+    assert r['config']['peak_tflops'] > 0 and 'matmul timed here' in r['machine']['peak_from']
     assert len(r['targets']) == 8 and all(t['value'] > 0 and isinstance(t['ok'], bool) for t in r['targets'])
 
 
@@ -69,3 +71,25 @@ def test_bench_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
         bench.main(TINY + ['--peft=none', '--gen_tokens=4', f'--out={out}'])
     assert configurator.describe(e.value).startswith(f"the disk is full (writing {out}): free space on it")
     assert out.read_text() == '{"old": 1}' and not (tmp_path / 'bench.json.tmp').exists()
+
+
+def test_model_flops_count_every_weight_but_the_position_table_and_attention_per_key():
+    c = dict(n_layer=3, n_head=2, n_embd=16, vocab_size=11)
+    gpt = GPT(GPTConfig(**c, block_size=32))
+    weights = sum(p.numel() for p in gpt.parameters()) - gpt.transformer.wpe.weight.numel()
+    assert bench.model_flops(c, 1, 0, train=False) == 2 * weights            # a forward: 2 per weight
+    assert bench.model_flops(c, 5, 0, train=True) == 5 * 6 * weights         # + 4 backward, per token
+    assert bench.model_flops(c, 1, 0, train=True, frozen=True) == 4 * weights  # no weight gradients
+    # attention: q.k and the weighted sum of v, 2 * n_embd each per key and layer; x3 with backward
+    assert bench.model_flops(c, 1, 7, train=False) - 2 * weights == 4 * 3 * 16 * 7
+    assert bench.model_flops(c, 1, 7, train=True) - 6 * weights == 3 * 4 * 3 * 16 * 7
+
+
+def test_a_given_peak_is_used_for_mfu(tmp_path):
+    out = tmp_path / 'bench.json'
+    bench.main(TINY + ['--peft=none', '--gen_tokens=4', '--peak_tflops=1e-6', f'--out={out}'])
+    r = json.loads(out.read_text())
+    assert r['config']['peak_tflops'] == 1e-6 and r['machine']['peak_from'] == '--peak_tflops'
+    row = next(t for t in r['train'] if t['method'] == 'causal')
+    flops = bench.model_flops(r['config'], r['config']['batch_size'] * 21, 21, train=True)
+    assert row['mfu_pct'] == pytest.approx(100 * flops / (row['ms_per_step'] / 1e3) / 1e6)
