@@ -66,6 +66,7 @@ from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # runs start here, where train.py is
 sys.path.insert(0, ROOT)  # train.py, bitune.py, and this folder as the package `labs`
+from configurator import atomic_file, configure, run_main  # noqa: E402
 from labs import report, stats  # noqa: E402
 
 # BAI's arms in labs 1 and 2 take their pivots after ln_f (bai_layer=-1), as BAI's summary reads; lab 4
@@ -232,7 +233,6 @@ def plan(opts, passthrough):
     so that a typo fails before any run starts, and its fingerprint. Only the arms in opts['arms'] are
     planned, but the equal-compute budget is always the whole lab's, so a run is the same whichever
     arms a command asks for."""
-    from configurator import configure
     from model import has_hidden_layer
     from train import DEFAULTS
     lab = LABS[opts['lab']]
@@ -343,9 +343,8 @@ def read_json(path):
 
 
 def write_json(path, obj):
-    with open(path + '.tmp', 'w') as f:
+    with atomic_file(path) as f:  # a stop never leaves half a file under the real name
         json.dump(obj, f)
-    os.replace(path + '.tmp', path)  # atomic: a stop never leaves half a file under the real name
 
 
 def record(run):
@@ -697,5 +696,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from configurator import run_main
     run_main(main, RuntimeError)  # bad options or failed runs: one line `error: ...` that says what to do

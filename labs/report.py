@@ -89,15 +89,15 @@ def tables(res):
     return lines
 
 
-
-
 def write_results(res, out_dir):
-    """Writes results.json, results.md and the three pictures; returns the markdown lines."""
+    """Writes results.json, results.md and the three pictures, each whole or not at all; returns the
+    markdown lines."""
+    from configurator import atomic_file
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, 'results.json'), 'w') as f:
+    with atomic_file(os.path.join(out_dir, 'results.json')) as f:
         json.dump(res, f, indent=1)
     lines = tables(res)
-    with open(os.path.join(out_dir, 'results.md'), 'w') as f:
+    with atomic_file(os.path.join(out_dir, 'results.md')) as f:
         f.write('\n'.join(lines) + '\n')
     if res['arms']:
         plot_forest(res, os.path.join(out_dir, 'results_forest.png'))
