@@ -16,6 +16,7 @@ BAI's steps run on the GPT inside it (the base weights, no adapter active).
 """
 import os
 import sys
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
@@ -37,15 +38,29 @@ SETTINGS = dict(init_from='scratch', method='bitune', peft='none', bitune_varian
                 lora_r=8, lora_alpha=8, lora_dropout=0.0, lora_targets='c_attn,c_proj,c_fc')
 
 
-def record(owner, name, calls):
-    """Replace owner.name by a wrapper that runs the real function and appends (args, result) to calls."""
-    real = getattr(owner, name)
+@contextmanager
+def recording(owner, *names):
+    """Inside the block each owner.name runs the real function and appends (args, result) to
+    calls[name]; yields calls. Afterwards owner is as before: a module gets its functions back, an
+    object loses the wrappers set on it and so finds its class's methods again."""
+    calls, before = {name: [] for name in names}, dict(vars(owner))
 
-    def wrapper(*args, **kwargs):
-        result = real(*args, **kwargs)
-        calls.append((args, result))
-        return result
-    setattr(owner, name, wrapper)
+    def wrap(name, real):
+        def wrapper(*args, **kwargs):
+            result = real(*args, **kwargs)
+            calls[name].append((args, result))
+            return result
+        return wrapper
+    for name in names:
+        setattr(owner, name, wrap(name, getattr(owner, name)))
+    try:
+        yield calls
+    finally:
+        for name in names:
+            if name in before:
+                setattr(owner, name, before[name])
+            else:
+                delattr(owner, name)
 
 
 def text(ids, meta, valid=None):
@@ -65,17 +80,10 @@ def nums(t, fmt='{:+.3f}'):
 
 def trace_bitune(bitune, batch, meta):
     """Bitune.forward on the batch, every pass recorded; prints steps 1-6 and returns what the plot needs."""
-    calls = {name: [] for name in ('pass_a', 'pass_b', 'mix', 'pass_c', 'mask')}
-    for name in ('pass_a', 'pass_b', 'mix', 'pass_c'):
-        record(bitune, name, calls[name])
-    real_mask = model_module.attention_mask
-    record(model_module, 'attention_mask', calls['mask'])  # the mask GPT.forward builds for each pass
-    try:
+    # and the mask GPT.forward builds for each pass
+    with recording(bitune, 'pass_a', 'pass_b', 'mix', 'pass_c') as calls, \
+            recording(model_module, 'attention_mask') as masks:
         loss, _ = bitune(batch)
-    finally:
-        model_module.attention_mask = real_mask
-        for name in ('pass_a', 'pass_b', 'mix', 'pass_c'):
-            delattr(bitune, name)  # the class's own methods again
     (prefix, pos_a, valid_a, _), (kv_a, _) = calls['pass_a'][0]
     _, (kv_b, _) = calls['pass_b'][0]
     _, mixed = calls['mix'][0]
@@ -119,21 +127,14 @@ def trace_bitune(bitune, batch, meta):
         p, a = int(P[b]), int(A[b])
         assert torch.equal(tokens_c[b, :a], batch['idx'][b, p - 1:p + a - 1])
         assert torch.equal(tgt[b, :a], batch['idx'][b, p:p + a])
-    masks = [m for _, m in calls['mask']]  # Pass A, Pass B, Pass C: (B, 1, queries, keys) each
+    masks = [m for _, m in masks['attention_mask']]  # Pass A, Pass B, Pass C: (B, 1, queries, keys) each
     return masks, (prefix, valid_a, tokens_c, valid_c)
 
 
 def trace_bai(gpt, batch, meta, weight=1.0, layer=-2, kind='mse'):
     """bai.compute_loss on the same batch, every step recorded; prints steps 1-5."""
-    calls = {name: [] for name in ('pivots', 'answer_tokens', 'equalize', 'awareness_loss')}
-    real = {name: getattr(bai, name) for name in calls}
-    for name in calls:
-        record(bai, name, calls[name])
-    try:
+    with recording(bai, 'pivots', 'answer_tokens', 'equalize', 'awareness_loss') as calls:
         total, ce, l_bai = bai.compute_loss(gpt, batch, weight=weight, layer=layer, kind=kind)
-    finally:
-        for name, fn in real.items():
-            setattr(bai, name, fn)
     _, (E, pivot_valid) = calls['pivots'][0]
     _, (tokens, answer_valid) = calls['answer_tokens'][0]
     (D, _, _), (E_hat, S) = calls['equalize'][0]
