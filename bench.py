@@ -51,6 +51,7 @@ from utils.checkpoint import build_model
 from configurator import atomic_file, check_ranges, configure, pick_device, run_main
 from adapters import KINDS, adapted_layers, add_adapters, set_adapter
 from model import GPT, GPTConfig, configure_optimizers
+from train import bucketed
 from data.tasks import collate, collate_prompts
 
 # -----------------------------------------------------------------------------
@@ -187,15 +188,6 @@ def train_step(method, model, opt, batch, ctx, compile_, dev):
     return step
 
 
-def first_call_s(fn, dev):
-    """Seconds of a step's first call: with torch.compile, mostly the compilation."""
-    sync(dev)
-    t0 = time.perf_counter()
-    fn()
-    sync(dev)
-    return time.perf_counter() - t0
-
-
 def bench_train(c, ctx, batch):
     """With --compile=True every case runs twice, eager and compiled ('+compile'), timed in turns, with
     the compiled one's first call (its compilation) in compile_s."""
@@ -207,8 +199,11 @@ def bench_train(c, ctx, batch):
         models = {n: build(c, m, peft_, c['block_size']).train() for n, (m, _) in zip(names, cases)}
         with redirect_stdout(StringIO()):  # configure_optimizers prints parameter counts
             opts = {n: configure_optimizers(models[n], 0.1, 1e-4, (0.9, 0.99), dev.split(':')[0]) for n in models}
-        steps = {n: train_step(m, models[n], opts[n], batch, ctx, comp, dev) for n, (m, comp) in zip(names, cases)}
-        first = {n: first_call_s(fn, dev) for n, fn in steps.items()}
+        # a compiled case steps on the batch train.py's --compile would give it: padded to bucket widths, and
+        # Bitune's widths as Python ints (without them its step breaks the graph to read them)
+        steps = {n: train_step(m, models[n], opts[n], bucketed(batch, c['block_size'], m == 'bitune') if comp
+                               else batch, ctx, comp, dev) for n, (m, comp) in zip(names, cases)}
+        first, _ = interleaved(steps, dev, 0, 1)  # each step's first call: compiled, mostly its compilation
         t, rise = interleaved(steps, dev, c['warmup'], c['iters'])
         # Bitune's step reads (P - 1) + (P - 1) + A tokens per example where a causal step reads T = P + A
         tokens = {n: B * T * (c['token_ratio'] if n.startswith('bitune') else 1) for n in names}
