@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
+
 TEXTS = ['README.md', 'labs/README.md', 'labs/KEY.md']
 NUM = r'[+-]?\d+\.\d'
 INTERVAL = re.compile(rf'\[({NUM}), ({NUM})\]')

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
+
 SHARED_DATA = os.path.join(ROOT, '..', 'shared', 'data')
 
 SKIPPED = {

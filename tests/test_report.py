@@ -7,9 +7,8 @@ import struct
 
 import pytest
 
+from helpers import ROOT
 from labs import report, stats
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def fake_results(seeds=(1, 2, 3), **extra):
