@@ -29,9 +29,9 @@ machine a change of load slows all of them alike. Memory: on CUDA a case's param
 state plus its peak rise during a call; on a CPU the process's peak RSS so far, which is process-wide
 and never goes down, so it says how big the largest case was, not each case's own footprint.
 """
-import configurator  # first, so Ctrl-C while the rest loads prints one line
+from utils import runtime  # first, so Ctrl-C while the rest loads prints one line
 if __name__ == '__main__':
-    configurator.catch_signals("run it again")
+    runtime.catch_signals("run it again")
 
 import json
 import os
@@ -48,7 +48,8 @@ import torch
 from bai import compute_loss
 from utils import distributed
 from utils.checkpoint import build_model
-from configurator import atomic_file, check_ranges, configure, pick_device, run_main
+from configurator import check_ranges, configure, pick_device
+from utils.runtime import atomic_file
 from adapters import KINDS, adapted_layers, add_adapters, set_adapter
 from model import GPT, GPTConfig, configure_optimizers
 from train import bucketed
@@ -417,4 +418,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    run_main(main)  # bad settings: one line `error: ...` that says what to change
+    runtime.run_main(main)  # bad settings: one line `error: ...` that says what to change

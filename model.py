@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from adapters import AdaptedLinear, is_adapter_param
+from utils import weights
 
 # -----------------------------------------------------------------------------
 # Attention masks
@@ -329,7 +330,6 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_dir, dropout=0.0):
         """GPT-2 weights from a name ('gpt2', 'gpt2-medium', ...) or a local directory (see utils/weights.py)."""
-        from utils import weights  # only needed here; keeps model.py importable on its own
         cfg, sd = weights.load_gpt2(name_or_dir)
         model = cls(GPTConfig(**{**cfg, 'dropout': dropout}))
         weights.load_into(model, sd)

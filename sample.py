@@ -10,17 +10,18 @@ A Bitune checkpoint generates with Bitune's two-pass prefill automatically: the
 model it rebuilds has the same generate() as a plain GPT. BAI changes nothing at
 inference, so a BAI checkpoint samples like any other.
 """
-import configurator  # first, so Ctrl-C while the rest loads prints one line
+from utils import runtime  # first, so Ctrl-C while the rest loads prints one line
 if __name__ == '__main__':
-    configurator.catch_signals("nothing was written; run it again")
+    runtime.catch_signals("nothing was written; run it again")
 
 import os
 import sys
 
 import torch
 
+from model import GPT
 from utils.checkpoint import GPT2_NAMES, model_from_checkpoint
-from configurator import check_device, check_ranges, configure, run_main
+from configurator import check_device, check_ranges, configure
 from data.tasks import collate_prompts, get_tokenizer
 from data.toy import toy
 
@@ -47,7 +48,6 @@ def load(c):
     if c.init_from:
         if c.init_from not in GPT2_NAMES and not os.path.isdir(c.init_from):
             raise ValueError(f"--init_from={c.init_from!r}: a GPT-2 name {GPT2_NAMES} or a directory")
-        from model import GPT
         meta = {'name': 'gpt2', 'tokenizer': 'gpt2', 'eos': 50256, 'pad': 50256}
         return GPT.from_pretrained(c.init_from).to(c.device), meta
     raise ValueError("say what to sample from: --ckpt=out/ckpt.pt or --init_from=gpt2")
@@ -108,4 +108,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    run_main(main)  # a bad setting, prompt or file: one line `error: ...` that says what to do
+    runtime.run_main(main)  # a bad setting, prompt or file: one line `error: ...` that says what to do

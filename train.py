@@ -19,9 +19,9 @@ Train a model on prompt -> answer examples, with one of three methods:
 Every setting is a plain global below; `--key=value` or a config file overrides
 it (configurator.py checks names and types).
 """
-import configurator  # first, so Ctrl-C while the rest loads prints one line
+from utils import runtime  # first, so Ctrl-C while the rest loads prints one line
 if __name__ == '__main__':
-    configurator.catch_signals("continue the run with --init_from=resume (from its last checkpoint)")
+    runtime.catch_signals("continue the run with --init_from=resume (from its last checkpoint)")
 
 import json
 import math
@@ -40,7 +40,7 @@ import bitune
 from utils import distributed
 from utils.checkpoint import (build_model, check_out_dir, model_from_checkpoint, restore_state, resume_config,
                               save_run, start_fresh, trim_log)
-from configurator import check_train_config, configure, pick_device, run_main
+from configurator import check_train_config, configure, pick_device
 from utils.evaluate import evaluate_task
 from utils.plot import plot_run
 from model import configure_optimizers, count_params
@@ -378,4 +378,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    run_main(main, StopTraining)  # bad settings, data or files: one line `error: ...` that says what to do
+    runtime.run_main(main, StopTraining)  # bad settings, data or files: one line `error: ...` that says what to do

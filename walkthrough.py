@@ -24,10 +24,13 @@ import torch.nn.functional as F
 
 import bai
 import model as model_module
-from configurator import configure, run_main
+from configurator import configure
+from utils.runtime import run_main
 from data.tasks import collate
 from data.toy import toy
-from utils.checkpoint import build_model
+from bitune import Bitune
+from utils.checkpoint import build_model, model_from_checkpoint
+from utils.plot import save_png
 
 ckpt = ''  # a toy Bitune checkpoint from train.py; '' = a random 2-layer model
 plot = ''  # a .png path: draw the three passes' attention masks there
@@ -163,7 +166,6 @@ def plot_masks(path, masks, pieces, meta):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from utils.plot import save_png
     prefix, valid_a, tokens_c, valid_c = pieces
     Tp = prefix.size(1)
     B = prefix.size(0)
@@ -196,8 +198,6 @@ def main(argv=None):
     if c.plot and not c.plot.endswith('.png'):
         raise ValueError(f"--plot={c.plot!r}: give a .png path, e.g. --plot=docs/figures/passes.png")
     if c.ckpt:
-        from bitune import Bitune
-        from utils.checkpoint import model_from_checkpoint
         bitune, gpt, saved = model_from_checkpoint(c.ckpt)
         meta = saved['meta']
         if meta['tokenizer'] != 'char' or not isinstance(bitune, Bitune) or not bitune.has_pass_b:

@@ -13,7 +13,6 @@ Fitting into --block_size tokens:
     --max_answer tokens, still ending in <|endoftext|>. Both are counted.
 """
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -23,8 +22,8 @@ import urllib.request
 
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for configurator
-from configurator import catch_signals, disk_full, run_main  # noqa: E402  (the prepare scripts report failures like every other script)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for utils/
+from utils.runtime import catch_signals, disk_full, run_main  # noqa: E402  (one error line, as everywhere)
 
 EOS = 50256  # GPT-2's <|endoftext|>; also used as the padding id (GPT-2 has no pad token)
 GPT2_META = {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eos': EOS, 'pad': EOS, 'bos': None, 'metric': 'rouge'}
@@ -48,11 +47,6 @@ def parse_args(doc, argv=None):
     if args.limit is not None and args.limit < 1:
         p.error(f"--limit must be at least 1 (records per split), got {args.limit}")
     return args
-
-
-def get_gpt2():
-    from data.tasks import gpt2_encoding  # one place finds the BPE files, for prepare and sample alike
-    return gpt2_encoding()
 
 
 def download(url, path):
@@ -180,7 +174,10 @@ def prepare(name, doc, urls, template, load_records, argv=None):
     outputs = [os.path.join(out_dir, f) for f in ('train.jsonl', 'val.jsonl', 'test.jsonl', 'meta.json')]
     if any(os.path.realpath(p) in map(os.path.realpath, outputs) for p in paths.values()):
         raise ValueError(f"--src and --out_dir are both {out_dir}: the outputs would overwrite the raw files")
-    enc = get_gpt2()
+    # imported here, not at the top: data.tasks loads torch, which takes seconds, and a prepare script
+    # first sets up its Ctrl-C line (run_script) so that an interrupt meanwhile prints one line
+    from data.tasks import file_hash, gpt2_encoding  # one place finds GPT-2's BPE files
+    enc = gpt2_encoding()
     splits = load_records(paths, args.limit)
     # All or nothing: every file is written into tmp first; only when all of them are complete do they
     # replace the old ones, meta.json removed first and renamed into place last. meta.json lists a hash of
@@ -224,12 +221,7 @@ def prepare(name, doc, urls, template, load_records, argv=None):
     return stats
 
 
-def file_hash(data):
-    """The hash meta.json keeps of a split file's bytes (tasks.load_task compares it)."""
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
 def run_script(main):
-    """A prepare script's __main__: Ctrl-C or a failure prints one line (configurator.run_main)."""
+    """A prepare script's __main__: Ctrl-C or a failure prints one line (utils/runtime.py)."""
     catch_signals("the dataset in the output folder is unchanged; run it again")
     run_main(main)

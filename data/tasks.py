@@ -11,6 +11,7 @@ A task is {'meta': {...}, 'train': [...], 'val': [...]} (+ 'test' when present).
     batch = collate(task['train'][:8])      # right-padded, for the loss
     idx, valid = collate_prompts(task['val'][:8])  # left-padded, for generation
 """
+import hashlib
 import json
 import os
 
@@ -61,13 +62,17 @@ def check_files_match(meta, files, meta_path, redo):
     a split that does not match comes from another preparation, or from one stopped midway."""
     if 'files' not in meta:  # written by hand, not by a prepare.py
         return
-    from data.prepare_common import file_hash
     for path in files.values():
         if os.path.exists(path):
             with open(path, 'rb') as f:
                 if file_hash(f.read()) != meta['files'].get(os.path.basename(path)):
                     raise ValueError(f"{path} is not the file {meta_path} describes (it is from another "
                                      f"preparation, or one that was stopped midway); {redo}")
+
+
+def file_hash(data):
+    """The hash meta.json keeps of a split file's bytes (prepare_common.py writes it)."""
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def read_json(path, redo, lines=False):

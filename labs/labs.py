@@ -66,7 +66,8 @@ from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # runs start here, where train.py is
 sys.path.insert(0, ROOT)  # train.py, bitune.py, and this folder as the package `labs`
-from configurator import atomic_file, configure, run_main  # noqa: E402
+from configurator import configure  # noqa: E402
+from utils.runtime import atomic_file, run_main  # noqa: E402
 from labs import report, stats  # noqa: E402
 
 # BAI's arms in labs 1 and 2 take their pivots after ln_f (bai_layer=-1), as BAI's summary reads; lab 4

@@ -12,6 +12,9 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, as a script
+from utils.runtime import atomic_file, run_main  # noqa: E402
+
 VIEWS = {'compute': 'Equal compute', 'steps': 'Equal steps'}
 
 
@@ -92,7 +95,6 @@ def tables(res):
 def write_results(res, out_dir):
     """Writes results.json, results.md and the three pictures, each whole or not at all; returns the
     markdown lines."""
-    from configurator import atomic_file
     os.makedirs(out_dir, exist_ok=True)
     with atomic_file(os.path.join(out_dir, 'results.json')) as f:
         json.dump(res, f, indent=1)
@@ -149,7 +151,6 @@ def finish(fig, title, bottom=0.0):
 
 
 def save(fig, plt, path, title, bottom=0.0):
-    from configurator import atomic_file
     finish(fig, title, bottom)
     with atomic_file(path, 'wb') as f:  # whole or not at all, like every picture of a run
         fig.savefig(f, format='png', dpi=DPI)
@@ -280,6 +281,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configurator
-    from configurator import run_main
     run_main(lambda: main(sys.argv[1:]))  # a missing folder or results.json: one line `error: ...`

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import bench
-import configurator
+from utils import runtime
 import sample
 import train
 from bitune import VARIANTS, Bitune, check_bidir_reaches_kv
@@ -334,7 +334,7 @@ def test_the_user_sees_one_error_line(e, argv, message):
 def test_the_handler_reports_bugs_in_one_line_and_shows_them_when_asked(monkeypatch, capsys):
     def fails(main):
         with pytest.raises(SystemExit) as exit_:
-            configurator.run_main(main)
+            runtime.run_main(main)
         return exit_.value.code, capsys.readouterr().err
 
     def raising(e):
@@ -352,7 +352,7 @@ def test_the_handler_reports_bugs_in_one_line_and_shows_them_when_asked(monkeypa
     assert code == 1 and err.startswith('error: unexpected ValueError: dropout probability') and 'NANOBIDIR' in err
     monkeypatch.setenv('NANOBIDIR_DEBUG', '1')
     with pytest.raises(KeyError):  # the traceback, for whoever debugs it
-        configurator.run_main(raising(KeyError('surprise')))
+        runtime.run_main(raising(KeyError('surprise')))
 
 
 # -----------------------------------------------------------------------------
@@ -499,7 +499,7 @@ def full_disk_for(monkeypatch, name, nth=1):
                 real_open(path, mode).close()
                 return real_open('/dev/full', mode)
         return real_open(path, mode, *a, **k)
-    monkeypatch.setattr(configurator, 'open', open_, raising=False)
+    monkeypatch.setattr(runtime, "open", open_, raising=False)
 
 
 @pytest.mark.skipif(not os.path.exists('/dev/full'), reason='needs /dev/full')
@@ -509,7 +509,7 @@ def test_8_a_full_disk_keeps_the_last_checkpoint_and_the_log_and_leaves_no_tmp(e
         full_disk_for(m, 'ckpt.pt', nth=2)  # the checkpoint of iteration 4
         with pytest.raises(OSError) as err:
             run_train(e, '--max_iters=4', out=out)
-    assert configurator.describe(err.value).startswith(f"the disk is full (writing {out}/ckpt.pt): free space on it")
+    assert runtime.describe(err.value).startswith(f"the disk is full (writing {out}/ckpt.pt): free space on it")
     assert not os.path.exists(f'{out}/ckpt.pt.tmp')
     assert torch.load(f'{out}/ckpt.pt', weights_only=True)['iter_num'] == 2
     log = open(f'{out}/log.jsonl').read()

@@ -6,7 +6,7 @@ import json
 import pytest
 
 import bench
-import configurator
+from utils import runtime
 from model import GPT, GPTConfig
 
 TINY = ['--quick=True', '--n_layer=2', '--n_head=2', '--n_embd=32', '--batch_size=4', '--gen_batch_size=2',
@@ -69,7 +69,7 @@ def test_bench_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.setattr(bench.json, 'dump', disk_full)
     with pytest.raises(OSError) as e:
         bench.main(TINY + ['--peft=none', '--gen_tokens=4', f'--out={out}'])
-    assert configurator.describe(e.value).startswith(f"the disk is full (writing {out}): free space on it")
+    assert runtime.describe(e.value).startswith(f"the disk is full (writing {out}): free space on it")
     assert out.read_text() == '{"old": 1}' and not (tmp_path / 'bench.json.tmp').exists()
 
 

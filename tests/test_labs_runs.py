@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from configurator import run_main
+from utils.runtime import run_main
 from labs import labs
 from test_labs import TINY, tiny_lab, train_here  # noqa: F401 (fixtures)
 

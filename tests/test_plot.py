@@ -20,7 +20,7 @@ def test_attention_weights_are_masked_softmax_rows(tiny_gpt):
 
 def test_plot_failures_are_one_error_line(tmp_path, capsys):
     """What `python utils/plot.py ...` does: run_main(main) turns each failure into one `error:` line."""
-    from configurator import run_main
+    from utils.runtime import run_main
     from utils import plot
     (tmp_path / 'run').mkdir()
     (tmp_path / 'run' / 'log.jsonl').write_text('{"iter": 0, "val_loss": 2.5}\n')

@@ -167,8 +167,7 @@ def test_tokenizer_cache_beside_the_repository_is_found(tmp_path):
         pytest.skip("no ../shared/data/tiktoken_cache beside the repository")
     env = {k: v for k, v in os.environ.items() if k not in ('TIKTOKEN_CACHE_DIR', 'DATA_GYM_CACHE_DIR')}
     env['TMPDIR'] = str(tmp_path)  # tiktoken's default cache lives under the temp dir: keep it empty
-    code = ("from data.tasks import gpt2_encoding; from data.prepare_common import get_gpt2; "
-            "print(gpt2_encoding().encode('Summary:'), get_gpt2().n_vocab)")
+    code = "from data.tasks import gpt2_encoding; e = gpt2_encoding(); print(e.encode('Summary:'), e.n_vocab)"
     r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ['[22093,', '25]', '50257']

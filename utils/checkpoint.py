@@ -21,8 +21,9 @@ import os
 
 import torch
 
-from configurator import atomic_file
+from utils.runtime import atomic_file
 from adapters import adapted_layers, add_adapters, is_adapter_param, mark_only_adapters_trainable, set_adapter
+import bitune
 from model import GPT, GPTConfig
 from utils.weights import GPT2_NAMES
 
@@ -99,7 +100,6 @@ def build_model(cfg, meta, device='cpu'):
         set_adapter(gpt, 'causal')  # the ordinary left-to-right adapter; Bitune switches per pass
     model = gpt
     if cfg['method'].startswith('bitune'):
-        import bitune
         model = bitune.Bitune(gpt, variant=cfg['bitune_variant'], theta_init=cfg['bitune_theta_init'],
                               causal_adapter='causal' if cfg['peft'] != 'none' else None, bidir_adapter='bidir')
     return model.to(device), gpt

@@ -21,10 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-
-def launched():
-    """True in a process started by torchrun (which sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
-    return 'RANK' in os.environ
+from utils.runtime import launched  # True in a process started by torchrun
 
 
 def setup(device):
@@ -110,39 +107,3 @@ def barrier():
     """Wait here until every process arrives (e.g. while rank 0 evaluates and saves)."""
     if dist.is_initialized():
         dist.barrier()
-
-
-def lost_peer(e):
-    """The message for a process whose run lost another process, or None. When one process dies (killed,
-    out of memory, or failed), the others' next collective finds its connection gone (gloo: a
-    RuntimeError, 'Connection reset by peer' or 'closed by peer'; torch's DistNetworkError) or
-    torchrun stops them with SIGTERM; their own error says nothing of the cause."""
-    if not launched():
-        return None
-    import configurator
-    then = f"; {configurator.HOW_TO_CONTINUE}" if configurator.HOW_TO_CONTINUE else ""
-    if isinstance(e, KeyboardInterrupt) and str(e) == 'SIGTERM':
-        return (f"stopped by SIGTERM, which torchrun sends when another process of this run stopped (killed, "
-                f"or failed: see its output) or when the run itself is stopped{then}")
-    gone = ('Connection reset by peer', 'Connection closed by peer', 'Broken pipe')
-    if isinstance(e, dist.DistNetworkError) or (isinstance(e, RuntimeError) and any(g in str(e) for g in gone)):
-        return f"another process of this run stopped (killed, or failed: see its output), so this one stopped too{then}"
-    return None
-
-
-def error_line(text):
-    """The line to print when a run fails: 'error: text', or None (exit quietly).
-
-    Under torchrun only the first process to fail reports. When one process dies, the others
-    fail too (their next collective finds it gone) or torchrun stops them, and their errors
-    would bury the cause. They count failures on torchrun's key-value store, which outlives
-    the processes; a process that cannot reach it reports anyway."""
-    if not launched():
-        return f"error: {text}"
-    try:
-        store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), is_master=False,
-                              timeout=timedelta(seconds=10))
-        first = store.add(f"failures/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", 1) == 1
-    except Exception:
-        first = True
-    return f"error: rank {os.environ['RANK']}: {text}" if first else None

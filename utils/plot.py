@@ -15,19 +15,25 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, when run as a script
-import configurator  # noqa: E402
+from utils import runtime  # noqa: E402
 if __name__ == '__main__':  # before matplotlib loads (seconds): Ctrl-C from now on prints one line
-    configurator.catch_signals("nothing was lost; run it again")
+    runtime.catch_signals("nothing was lost; run it again")
 
 import matplotlib  # noqa: E402
 
 matplotlib.use('Agg')  # files only: works on a server with no display
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from adapters import adapter, adapter_kinds  # noqa: E402
+from data.toy import toy  # noqa: E402
+from model import attention_mask  # noqa: E402
+from utils.checkpoint import model_from_checkpoint  # noqa: E402
 
 
 def save_png(fig, path, dpi=100):
     """Write the figure whole or not at all (a killed run or a full disk leaves no half picture); returns path."""
-    with configurator.atomic_file(path, 'wb') as f:
+    with runtime.atomic_file(path, 'wb') as f:
         fig.savefig(f, format='png', dpi=dpi)
     plt.close(fig)
     return path
@@ -100,8 +106,6 @@ def attention_weights(gpt, idx, layer, attn):
 
     SDPA never materializes these weights, so we recompute them from the block's input.
     The active adapter is whatever the caller chose (see plot_attention)."""
-    import torch
-    from model import attention_mask
     with torch.no_grad():
         if layer == 0:
             T = idx.size(1)
@@ -121,9 +125,6 @@ def attention_weights(gpt, idx, layer, attn):
 def plot_attention(out_dir, text, layer=0):
     """out_dir/attention.png: a toy prompt read causally (top) and bidirectionally (bottom), per head.
     For a Bitune checkpoint each reading uses its own adapter, exactly as Passes B and A do."""
-    import torch
-    from utils.checkpoint import model_from_checkpoint
-    from data.toy import toy
     model, gpt, ckpt = model_from_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
     meta = ckpt['meta']
     if not 0 <= layer < gpt.config.n_layer:
@@ -133,7 +134,6 @@ def plot_attention(out_dir, text, layer=0):
     *prompt, last = toy.parse_prompt(text, meta)  # Bitune's prefix: the prompt minus its last token
     idx = torch.tensor([prompt])
     labels = [meta['itos'][t] for t in prompt]
-    from adapters import adapter, adapter_kinds
     readings = [('causal', getattr(model, 'causal_adapter', None)), ('bidir', getattr(model, 'a_adapter', None))]
     nh = gpt.config.n_head
     fig, axes = plt.subplots(2, nh, figsize=(2.6 * nh + 1, 6), squeeze=False)
@@ -165,4 +165,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    configurator.run_main(lambda: main(sys.argv[1:]))  # a missing folder, checkpoint or a bad prompt: one `error:` line
+    runtime.run_main(lambda: main(sys.argv[1:]))  # a missing folder, checkpoint or a bad prompt: one `error:` line

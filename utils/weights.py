@@ -23,7 +23,8 @@ import urllib.request
 
 import torch
 
-from configurator import disk_full
+from adapters import is_adapter_param
+from utils.runtime import disk_full
 
 GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
 HUB_URL = 'https://huggingface.co/openai-community/{name}/resolve/main/{file}'
@@ -162,7 +163,6 @@ def load_gpt2(name_or_dir, cache_dir=None):
 
 def load_into(model, sd):
     """Copy sd into model after checking every key and shape; adapters (adapters.is_adapter_param) are left alone."""
-    from adapters import is_adapter_param  # imported here: the rest of this file needs nothing from adapters.py
     own = {k: v for k, v in model.state_dict().items() if not is_adapter_param(k)}
     missing = sorted(k for k in own if k not in sd)
     unexpected = sorted(k for k in sd if k not in own)
