@@ -155,11 +155,10 @@ def compute_loss(model, batch, *, weight, layer=-2, kind='mse', detach_target=Tr
     """
     # The batch is right-padded, so the causal mask alone keeps real tokens from seeing padding:
     # the very call train.py makes for the causal baseline (and SDPA's fast path).
-    idx, targets = batch['idx'], batch['targets']
+    out = model.body(batch['idx'])
+    ce = model.answer_loss(out.x, batch['targets'])
     if weight == 0:
-        _, ce = model(idx, targets, return_logits=False)
         return ce, ce, None
-    _, ce, aux = model(idx, targets, hidden_layer=layer, return_logits=False)
-    E, pivot_valid = pivots(aux['hidden'], batch)
+    E, pivot_valid = pivots(out.at(layer), batch)
     l_bai = awareness_from_pivots(E, pivot_valid, batch, model, kind, detach_target)
     return ce + weight * l_bai, ce, l_bai

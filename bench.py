@@ -42,17 +42,18 @@ import sys
 import time
 from contextlib import nullcontext, redirect_stdout
 from io import StringIO
+from types import SimpleNamespace
 
 import torch
 
-from bai import compute_loss
 from utils import distributed
 from utils.checkpoint import build_model
-from configurator import check_ranges, configure, pick_device
+from bitune import tokens_read
+from configurator import check_ranges, configure, pick_device, pick_dtype
 from utils.runtime import atomic_file
 from adapters import KINDS, adapted_layers, add_adapters, set_adapter
 from model import GPT, GPTConfig, configure_optimizers
-from train import bucketed
+from train import DEFAULTS as TRAIN, batch_loss, compile_blocks
 from data.tasks import collate, collate_prompts
 
 # -----------------------------------------------------------------------------
@@ -78,7 +79,7 @@ gen_iters = 5            # timed generations per length and method
 quick = False            # warmup 1, iters 2, gen_iters 1, gen_tokens 4,8: checks that it runs
 # system
 device = 'auto'          # 'auto' (cuda, then mps, then cpu) | 'cpu' | 'cuda' | 'mps'
-dtype = 'auto'           # 'auto' (bfloat16 on CUDA where supported, else float32) | 'float32' | 'bfloat16'
+dtype = 'auto'           # 'auto' (as train.py: configurator.pick_dtype) | 'float32' | 'bfloat16' | 'float16'
 compile = False          # also time compiled training steps (and compiled inference forwards; not generation); minutes on a CPU
 threads = 1              # torch CPU threads: 1 keeps timings steady on a shared or small CPU; 0 = torch's default
 peak_tflops = 0.0        # the device's peak TFLOP/s for MFU (datasheet, for dtype); 0 = time a large matmul here
@@ -161,27 +162,20 @@ def build(c, method, peft_, block):
     return build_model(run, {'vocab_size': c['vocab_size']}, c['dev'])[0]
 
 
-def loss_of(method, model, batch):
-    """train.py's loss call for the method."""
-    if method == 'causal':
-        return model(batch['idx'], batch['targets'], return_logits=False)[1]
-    if method == 'bai':
-        # CE + 1.0 * L_BAI from one forward. BAI's default pivots (the block before the last) need two
-        # blocks; a 1-block model takes them after ln_f (-1), as train.py's --bai_layer=-1 would
-        layer = -2 if model.config.n_layer > 1 else -1
-        return compute_loss(model, batch, weight=1.0, layer=layer)[0]
-    return model(batch)[0]                                # Bitune: Passes A and B, the mix, Pass C
-
-
 def train_step(method, model, opt, batch, ctx, compile_, dev):
-    """One optimizer step: train.py's loss call for the method (through DDP under torchrun), backward,
-    its clipping, AdamW."""
-    fwd = distributed.wrap(torch.compile(model) if compile_ else model, lambda m, b: loss_of(method, m, b), dev,
-                           unused_parameters=method == 'bitune')
+    """One optimizer step: train.py's loss call for the method (batch_loss, through DDP under
+    torchrun), backward, its clipping, AdamW. --compile compiles the blocks as train.py does."""
+    gpt = model.gpt if method == 'bitune' else model
+    # train.py's settings; BAI's default pivots (the block before the last) need two blocks, so a
+    # 1-block model takes them after ln_f, as train.py's --bai_layer=-1 would
+    run = SimpleNamespace(**{**TRAIN, 'method': method, 'bai_layer': -2 if gpt.config.n_layer > 1 else -1})
+    if compile_:
+        compile_blocks(gpt)
+    fwd = distributed.wrap(model, batch_loss, dev, unused_parameters=method == 'bitune')
 
     def step():
         with ctx:
-            loss = fwd(batch)
+            loss, _ = fwd(gpt, batch, run, 1.0)  # BAI: CE + 1.0 * L_BAI
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -200,10 +194,8 @@ def bench_train(c, ctx, batch):
         models = {n: build(c, m, peft_, c['block_size']).train() for n, (m, _) in zip(names, cases)}
         with redirect_stdout(StringIO()):  # configure_optimizers prints parameter counts
             opts = {n: configure_optimizers(models[n], 0.1, 1e-4, (0.9, 0.99), dev.split(':')[0]) for n in models}
-        # a compiled case steps on the batch train.py's --compile would give it: padded to bucket widths, and
-        # Bitune's widths as Python ints (without them its step breaks the graph to read them)
-        steps = {n: train_step(m, models[n], opts[n], bucketed(batch, c['block_size'], m == 'bitune') if comp
-                               else batch, ctx, comp, dev) for n, (m, comp) in zip(names, cases)}
+        steps = {n: train_step(m, models[n], opts[n], batch, ctx, comp, dev)
+                 for n, (m, comp) in zip(names, cases)}
         first, _ = interleaved(steps, dev, 0, 1)  # each step's first call: compiled, mostly its compilation
         t, rise = interleaved(steps, dev, c['warmup'], c['iters'])
         # Bitune's step reads (P - 1) + (P - 1) + A tokens per example where a causal step reads T = P + A
@@ -250,7 +242,7 @@ def bench_generate(c, ctx, idx, valid):
     rows = []
     with ctx:
         # the prompt alone: GPT.generate's first call; Bitune's Passes A, B, the mix and Pass C on the last token
-        pre, _ = interleaved({'causal': lambda: causal(idx, pos=pos, valid=valid, return_kv=True),
+        pre, _ = interleaved({'causal': lambda: causal.lm_head(causal.body(idx, pos, valid).x[:, -1]),
                               'bitune': lambda: bitune.prefill(idx, pos, valid)}, dev, 1, c['iters'])
         for n in lengths:
             t, rise = interleaved({m: (lambda m=m: models[m].generate(idx, n, temperature=0.0, valid=valid))
@@ -352,7 +344,7 @@ def main(argv=None):
         raise ValueError(f"need prompt_len >= 2 (Bitune's prefix is the prompt minus one token), answer_len >= 1 "
                          f"and prompt_len + answer_len <= block_size ({c['block_size']})")
     for key, value, allowed in [('peft', p, ('none',) + KINDS) for p in c['peft'].split(',')] + [
-            ('gen_peft', c['gen_peft'], ('none',) + KINDS), ('dtype', c['dtype'], ('auto', 'float32', 'bfloat16'))]:
+            ('gen_peft', c['gen_peft'], ('none',) + KINDS), ('dtype', c['dtype'], ('auto', 'float32', 'bfloat16', 'float16'))]:
         if value not in allowed:
             raise ValueError(f"{key}={value!r}: choose from {allowed}")
     check_writable(c['out'])  # now, not after minutes of benchmarking
@@ -360,8 +352,7 @@ def main(argv=None):
         torch.set_num_threads(c['threads'])
     rank, c['processes'], dev = distributed.setup(pick_device(c['device']))  # (0, 1, device) without torchrun
     c['dev'] = dev
-    dt = c['dtype'] if c['dtype'] != 'auto' else (
-        'bfloat16' if dev.startswith('cuda') and torch.cuda.is_bf16_supported() else 'float32')
+    dt = pick_dtype(c['dtype'], dev)
     # autocast runs the matmuls in bfloat16 while weights and optimizer stay float32, as in train.py
     ctx = nullcontext() if dt == 'float32' else torch.autocast(dev.split(':')[0], dtype=getattr(torch, dt))
     g = torch.Generator().manual_seed(c['seed'])
@@ -384,9 +375,8 @@ def main(argv=None):
     if machine['load_before'] and machine['load_before'] > 0.5 * machine['cores']:
         print("warning: other jobs are using this machine: times are longer and noisier than on an idle one "
               "(and torch threads that outnumber the free cores wait on each other)")
-    # Bitune reads P-1 prefix tokens twice (Passes A, B), then the answer's A tokens (Pass C: the
-    # last prompt token + the answer without its EOS); a causal step reads all T = P + A tokens
-    ratio = c['token_ratio'] = ((P - 1) + (P - 1) + A) / (P + A)
+    # token-forwards of a Bitune step over a causal one's (bitune.tokens_read counts them)
+    ratio = c['token_ratio'] = tokens_read(P, A) / (P + A)
     t0 = time.time()
     train = bench_train(c, ctx, batch)
     per = ' per process' if distributed.launched() else ''

@@ -35,6 +35,14 @@ VARIANTS = {
 }
 
 
+def tokens_read(prompt_len, answer_len, variant='full'):
+    """Token-forwards of one example in a training step, the measure of Bitune's cost: Pass A reads
+    the prefix (P - 1 tokens), Pass B reads it again (in variants that have one), Pass C reads the
+    last prompt token and the answer without its end token (A tokens). A causal step reads P + A."""
+    passes = 2 if VARIANTS[variant][2] else 1
+    return passes * (prompt_len - 1) + answer_len
+
+
 def check_bidir_reaches_kv(variant, n_layer, targets):
     """Refuse a model in which Pass A's keys and values are exactly those of a causal pass: Bitune
     would then pay for two readings of the prompt and train ordinary LoRA (alpha and the 'bidir'
@@ -102,17 +110,17 @@ class Bitune(nn.Module):
         (None in variants without Pass B), each (B, max(P)-1, C), real where 'prefix_valid'."""
         idx, pos, targets = batch['idx'], batch['pos'], batch['targets']
         P, A = batch['prompt_len'], batch['answer_len']  # (B,) each
-        if not torch.compiler.is_compiling() and int(P.min()) < 2:  # compiled: train.py's bucketed() checks
+        if int(P.min()) < 2:
             raise ValueError("Bitune needs prompts of at least 2 tokens: the prefix is the prompt minus its "
                              "last token, and a 1-token prompt leaves it empty. Add a BOS or template token.")
         T = idx.size(1)
         # 1. prefix = x[0:P-1]: the first max(P)-1 columns, row i real on its first P_i - 1
-        Tp = (batch['prompt_width'] if 'prompt_width' in batch else int(P.max())) - 1  # a width given: no sync
+        Tp = int(P.max()) - 1
         prefix_valid = torch.arange(Tp, device=idx.device)[None] < (P - 1)[:, None]  # (B, Tp)
         # 2-4. Pass A (bidirectional), Pass B (causal), and their K/V mixed per layer
         kv, hidden_a, hidden_b = self.read_prefix(idx[:, :Tp], pos[:, :Tp], prefix_valid, hidden_layer)
         # 5. Pass C reads x[P_i-1 : N_i-1] of row i: gather those columns, left-aligned to width max(A)
-        Tc = batch['answer_width'] if 'answer_width' in batch else int(A.max())
+        Tc = int(A.max())
         t = torch.arange(Tc, device=idx.device)[None]                # (1, Tc)
         answer_valid = t < A[:, None]                                  # (B, Tc)
         cols = ((P - 1)[:, None] + t).clamp(max=T - 1)                 # (B, Tc); clamped columns are padding
@@ -135,18 +143,16 @@ class Bitune(nn.Module):
         are unused, and since only its K/V reach the answer, the last block's attention output and MLP
         adapters get no gradient from this pass (unless a loss on its hidden states sends them one)."""
         with adapter(self.gpt, self.a_adapter):
-            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn=self.a_attn, return_kv=True,
-                                 hidden_layer=hidden_layer, return_logits=False)  # its logits are never used
-        return aux['kv'], aux['hidden']
+            out = self.gpt.body(prefix, pos, valid, attn=self.a_attn)  # no logits: they are never used
+        return out.kv, out.at(hidden_layer)
 
     def pass_b(self, prefix, pos, valid, hidden_layer=-1):
         """Pass B: the same prefix and positions, the ordinary causal mask, 'causal' adapter.
         Independent of Pass A: nothing mixed is fed back into either pass. Returns (K, V) per layer
         and the hidden states at hidden_layer."""
         with adapter(self.gpt, self.causal_adapter):
-            _, _, aux = self.gpt(prefix, pos=pos, valid=valid, attn='causal', return_kv=True,
-                                 hidden_layer=hidden_layer, return_logits=False)
-        return aux['kv'], aux['hidden']
+            out = self.gpt.body(prefix, pos, valid, attn='causal')
+        return out.kv, out.at(hidden_layer)
 
     def alpha(self):
         """Per-layer weights of the bidirectional side, (alpha_k, alpha_v), each (L,) float32."""
@@ -179,9 +185,11 @@ class Bitune(nn.Module):
 
     def pass_c(self, tokens, pos, valid, kv, targets=None):
         """Pass C: last prompt token + answer, 'causal' adapter, attending causally to
-        [mixed prefix ; own]. valid covers both; the model's mask aligns the triangle bottom-right."""
+        [mixed prefix ; own]. valid covers both; the model's mask aligns the triangle bottom-right.
+        Returns (logits, loss, K/V per layer over the prefix and these tokens)."""
         with adapter(self.gpt, self.causal_adapter):
-            return self.gpt(tokens, targets, pos=pos, valid=valid, past_kv=kv, return_kv=True)
+            out = self.gpt.body(tokens, pos, valid, past_kv=kv)
+            return *self.gpt.head(out.x, targets), out.kv
 
     # ------------------------------------------------------------------ generation
 
@@ -192,8 +200,8 @@ class Bitune(nn.Module):
             raise ValueError("Bitune needs prompts of at least 2 tokens (the prefix is the prompt minus "
                              "its last token); add a BOS or template token")
         kv, _, _ = self.read_prefix(idx[:, :-1], pos[:, :-1], valid[:, :-1])
-        logits, _, aux = self.pass_c(idx[:, -1:], pos[:, -1:], valid, kv)
-        return logits[:, -1], aux['kv']
+        logits, _, kv = self.pass_c(idx[:, -1:], pos[:, -1:], valid, kv)
+        return logits[:, -1], kv
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, *, valid=None, stop_token=None,

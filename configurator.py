@@ -44,6 +44,8 @@ def configure(defaults, argv):
                 value = ast.literal_eval(text)  # numbers, True/False, None, quoted strings
             except (ValueError, SyntaxError):
                 value = text                    # anything else is a plain string: --dataset=toy
+            if isinstance(config.get(key), str) and not isinstance(value, str):
+                value = text                    # a text setting keeps what was written: --seeds=1,2
             _set(config, key, value, where=arg)
             continue
         if not os.path.isfile(arg):
@@ -71,8 +73,6 @@ def _set(config, key, value, where):
     if old is not None:
         if isinstance(old, float) and type(value) is int:
             value = float(value)  # --learning_rate=1 means 1.0
-        elif isinstance(old, str) and value is not None and not isinstance(value, str):
-            value = str(value)    # --init_from=2 would parse as an int; the key holds text
         elif type(value) is not type(old):  # None included: a setting with a value needs one
             raise ValueError(f"config key {key!r} (from {where}) must be {type(old).__name__}, "
                              f"got {value!r} ({type(value).__name__})")

@@ -1,29 +1,28 @@
 """
-The model: a GPT-2 style decoder, switchable attention masks and a KV cache. One file,
-meant to be read top to bottom; its linear layers carry adapters (adapters.py).
+The model: a GPT-2 style decoder with switchable attention masks and a KV cache. One file, meant to
+be read top to bottom; its linear layers carry adapters (adapters.py).
 
-What it adds to a plain nanoGPT model, and why:
-- Every linear layer is an adapters.AdaptedLinear: named adapters of one kind each
-  (LoRA, DoRA, IA3) can be added, and one call chooses which the whole model runs.
-- A per-call attention mode: 'causal' (the usual triangle) or 'bidir' (every
-  token sees every real token), plus key padding, per-example positions and a
-  KV cache that keeps its autograd graph (Bitune trains through the prompt's
-  K/V). Hidden states of any layer can be returned (BAI, arXiv 2408.13959,
-  trains them).
+What it adds to nanoGPT's model, and why:
+- Every linear layer is an adapters.AdaptedLinear: named adapters of one kind each (LoRA, DoRA,
+  IA3) can be added, and one call chooses which the whole model runs.
+- GPT.body, the transformer itself, takes an attention mode per call, 'causal' (the usual
+  triangle) or 'bidir' (every token sees every real token), key padding, per-example positions
+  and a KV cache that keeps its autograd graph (Bitune trains through the prompt's K/V). It
+  returns the final state, every block's output (BAI trains one of them) and every layer's K/V.
 - generate() with a KV cache, for a batch of prompts of different lengths.
 
-The model knows nothing about Bitune or BAI: bitune.py and bai.py use only the
-generic keywords of forward() and generate().
+The model knows nothing about Bitune or BAI: bitune.py and bai.py call GPT.body.
 
 Usage:
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=20, block_size=64))
     logits, loss = model(idx, targets)             # exactly nanoGPT's call
+    out = model.body(idx, attn='bidir')             # out.x, out.hidden[i], out.kv[i] = (k, v)
     model = GPT.from_pretrained('gpt2')             # GPT-2 weights, no `transformers`
-    add_adapters(model, names=('causal', 'bidir'), kind='dora'); set_adapter(model, 'bidir')   # adapters.py
 """
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -87,9 +86,23 @@ class KVCache:
 # The transformer
 
 def has_hidden_layer(layer, n_layer):
-    """Whether GPT.forward can return hidden_layer=layer: -1 (after ln_f), a block 0..n_layer-1, or
-    -2..-n_layer counted back from the final state (-2: block n_layer-2). BAI's pivots use the same rule."""
+    """Whether Body.at(layer) exists: -1 (the final state, after ln_f), a block 0..n_layer-1, or
+    -2..-n_layer counted back from the final state (-2: block n_layer-2)."""
     return -n_layer <= layer < n_layer
+
+
+class Body(NamedTuple):
+    """What GPT.body returns for B sequences of T tokens."""
+    x: torch.Tensor  # (B, T, C) the final state, after ln_f: lm_head reads it
+    hidden: list     # the output of every block, n_layer tensors (B, T, C)
+    kv: list         # every layer's (k, v), each (B, n_head, past + T, head size), with their graph
+
+    def at(self, layer):
+        """The state at `layer` (see has_hidden_layer): the final state for -1, else a block's output."""
+        if not has_hidden_layer(layer, len(self.hidden)):
+            raise ValueError(f"layer {layer}: a {len(self.hidden)}-block model has -1 (after ln_f), "
+                             f"blocks 0..{len(self.hidden) - 1}, or -2..-{len(self.hidden)} counted back")
+        return self.x if layer == -1 else self.hidden[layer]
 
 
 @dataclass
@@ -188,83 +201,67 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, *, pos=None, valid=None, attn='causal', past_kv=None,
-                return_kv=False, hidden_layer=None, return_logits=True):
-        """Logits for every position, and the loss when targets are given.
+    def forward(self, idx, targets=None, *, pos=None, valid=None, attn='causal', past_kv=None):
+        """nanoGPT's call: (logits, loss). idx (B, T) token ids; targets (B, T) the next tokens, -1
+        where no loss is taken; the keywords go to body(). logits (B, T, vocab) for every position;
+        loss: with targets, the mean cross-entropy over every target that is not -1."""
+        return self.head(self.body(idx, pos, valid, attn, past_kv).x, targets)
 
-        idx (B, T) token ids; targets (B, T) next tokens, -1 where no loss is taken.
-        pos (B, T) position ids; default past_len + 0..T-1 (fine for right padding).
-        valid (B, past_len + T) True for real tokens, cached ones first; default all.
-        attn 'causal' or 'bidir'. past_kv: per layer (k, v), each (B, nh, past_len, hs), or per layer a
-        KVCache (generate()), which this call extends in place.
-        return_kv: also return every layer's (k, v) for past + current tokens, with
-        their autograd graph. hidden_layer: also return the hidden state after block
-        i (0..n_layer-1), after the final LayerNorm for -1, or counted back from there for
-        -2..-n_layer: -2 is the block before the last (n_layer - 2). return_logits=False returns no logits: a pass
-        that only needs K/V or hidden states skips lm_head, and with targets lm_head runs only
-        where a target is scored (the same loss, without a (T x vocab) matmul over the prompt).
-        Returns (logits, loss), or (logits, loss, aux) with aux = {'kv', 'hidden'}
-        when return_kv or hidden_layer is asked for.
+    def body(self, idx, pos=None, valid=None, attn='causal', past_kv=None):
+        """The transformer, without the output layer: returns a Body (the final state, every block's
+        output, every layer's K/V).
+
+        pos (B, T) position ids; default past + 0..T-1 (fine for right padding).
+        valid (B, past + T) True for real tokens, cached ones first; default all.
+        attn 'causal' or 'bidir'. past_kv: per layer (k, v) of earlier tokens, each
+        (B, n_head, past, head size), or per layer a KVCache (generate()), extended in place.
         """
+        pos, mask, is_causal = self._inputs(idx, pos, valid, attn, past_kv)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        hidden, kv = [], []
+        for i, block in enumerate(self.transformer.h):
+            x, layer_kv = block(x, mask, is_causal, None if past_kv is None else past_kv[i])
+            hidden.append(x)
+            kv.append(layer_kv)
+        return Body(self.transformer.ln_f(x), hidden, kv)
+
+    def head(self, x, targets=None):
+        """(logits, loss) from the final state x (B, T, C), as nanoGPT's forward ends."""
+        logits = self.lm_head(x)  # (B, T, vocab): every position, not only the last
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+
+    def answer_loss(self, x, targets):
+        """The same loss as head(x, targets) without its logits: lm_head runs only where a target is
+        scored. Training needs no logits, and with GPT-2's 50k-token vocabulary and a 600-token
+        dialogue ahead of a 60-token summary this skips most of the head's work and its (B, T, vocab)
+        logits in memory. (The boolean index costs a GPU sync.)"""
+        scored = targets != -1                                      # (B, T)
+        return F.cross_entropy(self.lm_head(x[scored]), targets[scored])
+
+    def _inputs(self, idx, pos, valid, attn, past_kv):
+        """body()'s argument checks, in one place, and what its blocks need: the positions, and the
+        attention mask with is_causal (only one of the two is ever used: torch refuses both)."""
         B, T = idx.size()
-        past = 0 if past_kv is None else (past_kv[0].len if isinstance(past_kv[0], KVCache)  # tokens already cached
-                                          else past_kv[0][0].size(2))
+        past = 0 if past_kv is None else (past_kv[0].len if isinstance(past_kv[0], KVCache)
+                                          else past_kv[0][0].size(2))  # tokens already cached
         if attn not in ('causal', 'bidir'):
             raise ValueError(f"attn must be 'causal' or 'bidir', got {attn!r}")
         if pos is None:
-            if past + T > self.config.block_size:
-                raise ValueError(f"sequence of {past + T} tokens is longer than block_size "
-                                 f"{self.config.block_size}; shorten the input or use a model with a larger block_size")
             pos = torch.arange(past, past + T, device=idx.device)  # (T,), broadcast over the batch
-        elif not torch.compiler.is_compiling() and pos.max() >= self.config.block_size:  # compiled: no sync
-            raise ValueError(f"position {int(pos.max())} is past block_size {self.config.block_size}; shorten the input")
-        L = self.config.n_layer
-        if hidden_layer is not None and not has_hidden_layer(hidden_layer, L):
-            back = f", or -2..-{L} to count back from the final state" if L > 1 else " (one block: nothing before it)"
-            raise ValueError(f"hidden_layer={hidden_layer} (train.py's --bai_layer) on a {L}-block model: use -1 "
-                             f"(after ln_f), a block index 0..{L - 1}{back}")
-        if hidden_layer is not None and hidden_layer < -1:
-            hidden_layer += L  # -2 -> block L-2: the final state counts as the last layer
-
+        last = past + T - 1 if pos.dim() == 1 else int(pos.max())
+        if last >= self.config.block_size:
+            raise ValueError(f"position {last} is past block_size {self.config.block_size}: the input "
+                             f"is longer than this model can read")
         if valid is None and past == 0:
-            # no padding and no cache: let SDPA use its fast built-in masks
-            mask, is_causal = None, attn == 'causal'
-        else:
-            if valid is None:
-                valid = torch.ones(B, past + T, dtype=torch.bool, device=idx.device)
-            if valid.shape != (B, past + T):
-                raise ValueError(f"valid must have shape (B, past + T) = {(B, past + T)}, got {tuple(valid.shape)}")
-            mask, is_causal = attention_mask(valid, T, attn), False
-
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-        kvs, hidden = [], None
-        for i, block in enumerate(self.transformer.h):
-            x, kv = block(x, mask, is_causal, None if past_kv is None else past_kv[i])
-            if return_kv:
-                kvs.append(kv)
-            if i == hidden_layer:
-                hidden = x
-        x = self.transformer.ln_f(x)
-        if hidden_layer == -1:
-            hidden = x
-        # compiled: no boolean index below (its shape depends on the data, which breaks the graph)
-        all_logits = return_logits or torch.compiler.is_compiling()
-        logits = self.lm_head(x) if all_logits else None  # (B, T, vocab): every position, not only the last
-
-        loss = None
-        if targets is not None:  # a mean over every target that is not -1: each answer token weighs the same
-            if all_logits:
-                loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            else:
-                # the same mean, with lm_head run on the scored positions only. With GPT-2's 50k vocabulary
-                # and a 600-token dialogue ahead of a 60-token summary this skips ~90% of the head's work
-                # and its (B, T, vocab) logits in memory. (The boolean index costs a GPU sync.)
-                scored = targets != -1                                    # (B, T)
-                loss = F.cross_entropy(self.lm_head(x[scored]), targets[scored])
-        logits = logits if return_logits else None
-        if not return_kv and hidden_layer is None:
-            return logits, loss
-        return logits, loss, {'kv': kvs if return_kv else None, 'hidden': hidden}
+            return pos, None, attn == 'causal'  # no padding, no cache: SDPA's own fast masks
+        if valid is None:
+            valid = torch.ones(B, past + T, dtype=torch.bool, device=idx.device)
+        if valid.shape != (B, past + T):
+            raise ValueError(f"valid must have shape (B, past + T) = {(B, past + T)}, "
+                             f"got {tuple(valid.shape)}")
+        return pos, attention_mask(valid, T, attn), False
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, *, valid=None,
@@ -291,9 +288,8 @@ class GPT(nn.Module):
             raise ValueError("prompts must be left-padded: the last column must be a real token in every row")
         pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # real tokens get 0, 1, ...; padding gets 0 (never seen)
         if prefill is None:
-            # only the last position's logits are needed: skip lm_head elsewhere (a large matmul for GPT-2)
-            _, _, aux = self(idx, pos=pos, valid=valid, return_kv=True, hidden_layer=-1, return_logits=False)
-            last, kv = self.lm_head(aux['hidden'][:, -1]), aux['kv']
+            out = self.body(idx, pos, valid)
+            last, kv = self.lm_head(out.x[:, -1]), out.kv  # only the last position's logits are needed
         else:
             last, kv = prefill(idx, pos, valid)
         kv = [KVCache(k, v, T + max_new_tokens) for k, v in kv]  # room for every token to come

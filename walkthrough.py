@@ -6,7 +6,7 @@ One batch of two toy prompts of different lengths, traced through Bitune and BAI
     python walkthrough.py --plot=docs/figures/passes.png   # also draw the masks of Passes A, B and C
 
 Nothing here re-implements a step: the real functions run (Bitune.pass_a, pass_b, mix, pass_c,
-bai.pivots, equalize, awareness_loss, and model.attention_mask inside GPT.forward), each wrapped
+bai.pivots, equalize, awareness_loss, and model.attention_mask inside GPT.body), each wrapped
 so that its inputs and outputs are recorded, and every number printed is one of those tensors.
 The asserts at the end check that the recorded pieces add up to the loss the methods returned.
 Without --ckpt the model is a random 2-layer GPT with train.py's default method (Bitune, peft
@@ -83,7 +83,7 @@ def nums(t, fmt='{:+.3f}'):
 
 def trace_bitune(bitune, batch, meta):
     """Bitune.forward on the batch, every pass recorded; prints steps 1-6 and returns what the plot needs."""
-    # and the mask GPT.forward builds for each pass
+    # and the mask GPT.body builds for each pass
     with recording(bitune, 'pass_a', 'pass_b', 'mix', 'pass_c') as calls, \
             recording(model_module, 'attention_mask') as masks:
         loss, _ = bitune(batch)
@@ -162,7 +162,7 @@ def trace_bai(gpt, batch, meta, weight=1.0, layer=-2, kind='mse'):
 
 
 def plot_masks(path, masks, pieces, meta):
-    """Passes A, B and C's masks as GPT.forward built them: one row per example, one column per pass."""
+    """Passes A, B and C's masks as GPT.body built them: one row per example, one column per pass."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt

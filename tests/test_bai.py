@@ -49,7 +49,7 @@ def test_weight_zero_is_the_baseline_bit_for_bit(tiny_gpt, layout):
     else:
         batch = make_batch(make_examples())
     model = tiny_gpt()
-    _, ref = model(batch['idx'], batch['targets'], return_logits=False)  # train.py's causal baseline call
+    ref = model.answer_loss(model.body(batch['idx']).x, batch['targets'])  # train.py's causal call
     ref.backward()
     ref_grads = grads(model)
     model.zero_grad(set_to_none=True)
@@ -70,19 +70,18 @@ def test_pivots_from_prompt_plus_answer_equal_pivots_from_the_prompt_alone(tiny_
     model = tiny_gpt()
     examples = make_examples()
     batch = make_batch(examples)
-    _, _, aux = model(batch['idx'], batch['targets'], pos=batch['pos'], valid=batch['valid'], hidden_layer=layer)
-    E, pivot_valid = bai.pivots(aux['hidden'], batch)
+    out = model.body(batch['idx'], batch['pos'], batch['valid'])
+    E, pivot_valid = bai.pivots(out.at(layer), batch)
     assert E.shape == (3, 7, 32) and pivot_valid.sum(1).tolist() == [7, 3, 5]
     for i, (p, _) in enumerate(examples):
-        _, _, alone = model(torch.tensor([p]), hidden_layer=layer)
-        assert torch.allclose(E[i, :len(p)], alone['hidden'][0], atol=1e-5)
+        alone = model.body(torch.tensor([p])).at(layer)
+        assert torch.allclose(E[i, :len(p)], alone[0], atol=1e-5)
 
 
 def test_padding_gets_no_weight_and_changing_it_changes_nothing(tiny_gpt):
     model = tiny_gpt()
     batch = make_batch(make_examples())
-    _, _, aux = model(batch['idx'], pos=batch['pos'], valid=batch['valid'], hidden_layer=-1)
-    E, pivot_valid = bai.pivots(aux['hidden'], batch)
+    E, pivot_valid = bai.pivots(model.body(batch['idx'], batch['pos'], batch['valid']).x, batch)
     tokens, answer_valid = bai.answer_tokens(batch)
     assert answer_valid.sum(1).tolist() == [2, 6, 4]
     assert all(tokens[i, :a].tolist() == ex[1] for i, (ex, a) in enumerate(zip(make_examples(), [2, 6, 4])))
@@ -207,8 +206,7 @@ def test_awareness_from_other_pivots_matches_and_checks_empty_prefixes(tiny_gpt)
     # the Bitune + BAI path passes its own pivots; the same pivots must give the same loss
     model = tiny_gpt()
     batch = make_batch(make_examples())
-    _, ce, aux = model(batch['idx'], batch['targets'], pos=batch['pos'], valid=batch['valid'], hidden_layer=-2)
-    E, pivot_valid = bai.pivots(aux['hidden'], batch)
+    E, pivot_valid = bai.pivots(model.body(batch['idx'], batch['pos'], batch['valid']).at(-2), batch)
     _, _, l_bai = bai.compute_loss(model, batch, weight=1.0)
     assert torch.equal(bai.awareness_from_pivots(E, pivot_valid, batch, model), l_bai)
     empty = pivot_valid.clone()
@@ -235,14 +233,14 @@ def bitune_bai_loss(tiny_gpt, batch, **settings):
 
 
 def pivots_the_long_way(gpt, batch, adapter_name, attn, layer):
-    """The prefix (the prompt minus its last token) read by one pass, at one layer, as plain GPT.forward."""
+    """The prefix (the prompt minus its last token) read by one pass, at one layer, by GPT.body."""
     from adapters import adapter
     P = batch['prompt_len']
     Tp = int(P.max()) - 1
     valid = torch.arange(Tp)[None] < (P - 1)[:, None]
     with torch.no_grad(), adapter(gpt, adapter_name):
-        _, _, aux = gpt(batch['idx'][:, :Tp], pos=batch['pos'][:, :Tp], valid=valid, attn=attn, hidden_layer=layer)
-    return aux['hidden'], valid
+        out = gpt.body(batch['idx'][:, :Tp], batch['pos'][:, :Tp], valid, attn=attn)
+    return out.at(layer), valid
 
 
 @pytest.mark.parametrize('settings, adapter_name, attn, layer', [

@@ -286,9 +286,9 @@ def test_state_dict_round_trip_keeps_thetas_and_both_adapters(tiny_gpt, tmp_path
 
 @pytest.mark.parametrize('variant', ['full', 'shared', 'no_mixing'])
 @pytest.mark.parametrize('layer', [-1, 0])
-def test_prefix_passes_return_the_hidden_states_gpt_forward_gives_at_that_layer(tiny_gpt, variant, layer):
+def test_prefix_passes_return_the_hidden_states_gpt_body_gives_at_that_layer(tiny_gpt, variant, layer):
     """What a loss on the prompt's states (BAI's pivots) reads: each prefix pass at hidden_layer, with the
-    pass's own mask and adapter, exactly as GPT.forward computes them; the answer's loss does not change."""
+    pass's own mask and adapter, exactly as GPT.body computes them; the answer's loss does not change."""
     from adapters import adapter
     bt = lora_bitune(tiny_gpt, variant, thetas=THETAS)
     batch = make_batch(rand_examples(LENGTHS))
@@ -302,8 +302,8 @@ def test_prefix_passes_return_the_hidden_states_gpt_forward_gives_at_that_layer(
                 assert aux[key] is None  # no Pass B, no causal reading of the prefix
                 continue
             with adapter(bt.gpt, name):
-                _, _, want = bt.gpt(prefix, pos=pos, valid=aux['prefix_valid'], attn=attn, hidden_layer=layer)
-            assert torch.equal(aux[key], want['hidden']), key
+                want = bt.gpt.body(prefix, pos, aux['prefix_valid'], attn=attn).at(layer)
+            assert torch.equal(aux[key], want), key
         assert torch.equal(loss, bt(batch)[0])
         if layer != -1:  # an inner layer is not the state after ln_f
             assert not torch.allclose(aux['bidir_hidden'], bt(batch)[1]['bidir_hidden'], atol=1e-3)

@@ -102,8 +102,7 @@ def test_prefix_kv_fed_back_equals_one_full_forward_and_carries_gradients(tiny_g
     model = tiny_gpt()
     idx = torch.randint(0, 23, (2, 11))
     full, _ = model(idx)
-    _, _, aux = model(idx[:, :6], return_kv=True)
-    kv = aux['kv']
+    kv = model.body(idx[:, :6]).kv
     assert len(kv) == 2 and kv[0][0].shape == (2, 2, 6, 16)  # (B, nh, T, hs)
     rest, _ = model(idx[:, 6:], past_kv=kv)
     assert torch.allclose(rest, full[:, 6:], atol=1e-5)
@@ -137,8 +136,8 @@ def decode_with_cat(model, last, kv, valid, pos, n):
     for _ in range(n - 1):
         tok, pos = last.argmax(-1, keepdim=True), pos + 1
         valid = torch.cat([valid, torch.ones_like(tok, dtype=torch.bool)], 1)
-        logits, _, aux = model(tok, pos=pos, valid=valid, past_kv=kv, return_kv=True)
-        last, kv = logits[:, -1], aux['kv']
+        out = model.body(tok, pos, valid, past_kv=kv)
+        last, kv = model.lm_head(out.x)[:, -1], out.kv
         seen.append(last)
     return torch.stack(seen)
 
@@ -173,8 +172,8 @@ def test_preallocated_cache_gives_the_logits_of_a_cache_grown_by_cat(shape, monk
             model.generate(idx, 12, temperature=0.0, valid=valid)
             assert writes == [9 + 12] * (11 * cfg['n_layer'])  # every decoded token went into the buffers
             if model is gpt:
-                _, _, aux = gpt(idx, pos=pos, valid=valid, return_kv=True, hidden_layer=-1, return_logits=False)
-                last, kv = gpt.lm_head(aux['hidden'][:, -1]), aux['kv']  # generate()'s own prefill
+                out = gpt.body(idx, pos, valid)
+                last, kv = gpt.lm_head(out.x[:, -1]), out.kv  # generate()'s own prefill
             else:
                 last, kv = bitune.prefill(idx, pos, valid)
             with adapter(gpt, 'causal'):
@@ -217,26 +216,28 @@ def test_bad_inputs_raise_clear_errors(tiny_gpt):
         model.generate(torch.zeros(1, 4, dtype=torch.long), 2, valid=torch.tensor([[True, True, True, False]]))
     with pytest.raises(ValueError, match="'causal' or 'bidir'"):
         model(torch.zeros(1, 4, dtype=torch.long), attn='full')
-    with pytest.raises(ValueError, match='hidden_layer'):
-        model(torch.zeros(1, 4, dtype=torch.long), hidden_layer=2)
+    with pytest.raises(ValueError, match='layer 2: a 2-block model'):
+        model.body(torch.zeros(1, 4, dtype=torch.long)).at(2)
+    with pytest.raises(ValueError, match='position 66 is past block_size 64'):  # positions given
+        model.body(torch.zeros(1, 4, dtype=torch.long), pos=torch.arange(60, 64)[None] + 3)
 
 
-def test_hidden_layer_returns_the_state_the_logits_come_from(tiny_gpt):
+def test_body_returns_the_state_the_logits_come_from_and_every_block(tiny_gpt):
     model = tiny_gpt()
     idx = torch.randint(0, 23, (2, 6))
-    logits, _, aux = model(idx, hidden_layer=-1)
-    assert torch.allclose(model.lm_head(aux['hidden']), logits, atol=1e-6)
-    _, _, aux0 = model(idx, hidden_layer=0)
-    assert aux0['hidden'].shape == (2, 6, 32) and not torch.allclose(aux0['hidden'], aux['hidden'])
+    logits, _ = model(idx)
+    out = model.body(idx)
+    assert torch.allclose(model.lm_head(out.at(-1)), logits, atol=1e-6) and out.at(-1) is out.x
+    assert len(out.hidden) == 2 and out.at(0).shape == (2, 6, 32) and not torch.allclose(out.at(0), out.x)
+    # the last block's raw output is the final state before ln_f
+    assert torch.allclose(model.transformer.ln_f(out.hidden[1]), out.x)
     # counting back from the final state (BAI's default pivots, -2): the block before the last, here
     # block 0 of 2, not the last block's raw output (block 1)
-    _, _, aux1 = model(idx, hidden_layer=1)
-    _, _, back = model(idx, hidden_layer=-2)
-    assert torch.equal(back['hidden'], aux0['hidden']) and not torch.allclose(back['hidden'], aux1['hidden'])
+    assert out.at(-2) is out.hidden[0] and not torch.allclose(out.at(-2), out.at(1))
     with pytest.raises(ValueError, match='-2..-2'):
-        model(idx, hidden_layer=-3)
-    with pytest.raises(ValueError, match='bai_layer.*1-block model.*nothing before it'):  # BAI's default on 1 block
-        tiny_gpt(n_layer=1)(idx, hidden_layer=-2)
+        out.at(-3)
+    with pytest.raises(ValueError, match='1-block model has -1 .after ln_f., blocks 0..0'):  # BAI's default
+        tiny_gpt(n_layer=1).body(idx).at(-2)
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -372,18 +373,19 @@ def test_optimizer_groups_put_adapters_apart_without_decay(tiny_gpt):
     assert len(opt.param_groups) == 1  # only the adapters are left to train
 
 
-def test_return_logits_false_skips_the_head_but_keeps_kv_and_hidden(tiny_gpt):
+def test_forward_is_body_then_head(tiny_gpt):
     model = tiny_gpt()
     idx = torch.randint(0, 23, (2, 6))
-    logits, _, aux = model(idx, return_kv=True, hidden_layer=-1)
-    none, _, aux2 = model(idx, return_kv=True, hidden_layer=-1, return_logits=False)
-    assert none is None and torch.equal(aux['hidden'], aux2['hidden'])
-    assert torch.equal(aux['kv'][1][0], aux2['kv'][1][0])
+    targets = torch.randint(0, 23, (2, 6))
+    logits, loss = model(idx, targets)
+    out = model.body(idx)
+    assert torch.equal(logits, model.lm_head(out.x)) and torch.equal(loss, model.head(out.x, targets)[1])
+    assert model(idx)[1] is None and logits.shape == (2, 6, 23)
 
 
-def test_loss_without_logits_is_the_same_loss_and_gradient(tiny_gpt):
-    """return_logits=False with targets runs lm_head on the scored positions only; the loss and
-    every gradient must match the full-logits loss (a wrong mask or a dropped -1 would not)."""
+def test_answer_loss_is_the_same_loss_and_gradient(tiny_gpt):
+    """answer_loss runs lm_head on the scored positions only; the loss and every gradient must
+    match the full-logits loss (a wrong mask or a dropped -1 would not)."""
     model = tiny_gpt()
     idx = torch.randint(0, 23, (3, 8))
     targets = torch.randint(0, 23, (3, 8))
@@ -391,11 +393,10 @@ def test_loss_without_logits_is_the_same_loss_and_gradient(tiny_gpt):
     targets[1, 6:] = -1   # padding
     targets[2, ::2] = -1
     losses, grads = [], []
-    for return_logits in (True, False):
+    for full in (True, False):
         model.zero_grad()
-        logits, loss = model(idx, targets, return_logits=return_logits)
+        loss = model(idx, targets)[1] if full else model.answer_loss(model.body(idx).x, targets)
         loss.backward()
-        assert (logits is None) == (not return_logits)
         losses.append(loss.detach())
         grads.append([p.grad.clone() for p in model.parameters()])
     assert torch.allclose(losses[0], losses[1], atol=1e-6)

@@ -12,8 +12,7 @@ rebuilt from `init_from`: a GPT-2 adapter checkpoint is a few MB instead of 500.
 It also stores a fingerprint of that base, so adapters are never put on a base
 they were not trained with.
 
-A run's folder (out_dir) holds ckpt.pt and log.jsonl, one row per evaluation;
-the helpers at the end keep the two consistent when a run is resumed.
+A run's folder (out_dir) holds ckpt.pt and log.jsonl (utils/rundir.py).
 """
 import hashlib
 import json
@@ -209,6 +208,16 @@ def resume_config(ckpt, cfg, meta):
     return {**saved, **{k: cfg[k] for k in FREE_ON_RESUME[1:] if k in cfg}}
 
 
+def new_or_resumed(cfg, meta):
+    """(model, gpt, the run's settings, checkpoint): a new model for a fresh run (checkpoint None), or
+    for init_from='resume' the model of out_dir/ckpt.pt with the settings it was trained with
+    (resume_config says which may differ now); restore_state then puts the rest back."""
+    if cfg['init_from'] != 'resume':
+        return (*build_model(cfg, meta), dict(cfg), None)
+    model, gpt, ckpt = model_from_checkpoint(os.path.join(cfg['out_dir'], 'ckpt.pt'), 'cpu')
+    return model, gpt, resume_config(ckpt, cfg, meta), ckpt
+
+
 def restore_state(ckpt, optimizer, data_rng):
     """Put the optimizer and the random generators back where the saved run was; returns its iteration."""
     optimizer.load_state_dict(ckpt['optimizer'])
@@ -217,64 +226,3 @@ def restore_state(ckpt, optimizer, data_rng):
     if torch.cuda.is_available() and 'cuda' in ckpt['rng']:
         torch.cuda.set_rng_state(ckpt['rng']['cuda'])
     return ckpt['iter_num']
-
-
-# -----------------------------------------------------------------------------
-# the run's folder
-
-RUN_FILES = ('log.jsonl', 'ckpt.pt')
-
-
-def check_out_dir(out_dir, init_from, overwrite):
-    """Make out_dir, or say why it cannot be. A fresh run never replaces an earlier run's files
-    unless asked to (overwrite=True; start_fresh() then deletes them)."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"out_dir={out_dir!r} is a file; choose a folder")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"out_dir={out_dir!r} cannot be created ({e.strerror}); choose another folder") from None
-    if not os.access(out_dir, os.W_OK):
-        raise ValueError(f"out_dir={out_dir!r} is not writable; choose another folder")
-    if init_from.endswith('.pt') and os.path.abspath(init_from) == os.path.abspath(os.path.join(out_dir, 'ckpt.pt')):
-        raise ValueError(f"init_from={init_from!r} is this run's own checkpoint, which it would overwrite; "
-                         f"to continue that run use --init_from=resume, else choose another out_dir")
-    old = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
-    if 'log.jsonl' in old and 'ckpt.pt' not in old and (init_from == 'resume' or not overwrite):
-        # killed (or out of disk) before its first checkpoint: there is nothing to resume, only to redo
-        raise ValueError(f"out_dir={out_dir!r} holds a run that stopped before writing its first checkpoint "
-                         f"(log.jsonl, no ckpt.pt), so it cannot be resumed: start it over with --overwrite=True "
-                         f"(without --init_from=resume), or choose another out_dir")
-    if old and init_from != 'resume' and not overwrite:
-        raise ValueError(f"out_dir={out_dir!r} already holds a run ({', '.join(old)}). Continue it with "
-                         f"--init_from=resume, start it over with --overwrite=True (deletes its log and checkpoint), "
-                         f"or choose another out_dir")
-
-
-def start_fresh(out_dir):
-    """Delete an earlier run's log and checkpoint, and the .tmp a killed write left of them (only called
-    with overwrite=True)."""
-    for f in RUN_FILES:
-        for path in (os.path.join(out_dir, f), os.path.join(out_dir, f + '.tmp')):
-            if os.path.exists(path):
-                os.remove(path)
-
-
-def trim_log(path, iter_num):
-    """Keep the log rows up to the checkpoint's iteration. A run killed after writing a row but before
-    (or while) writing its checkpoint left rows the resumed run will write again; a kill in the middle
-    of a row leaves half a line."""
-    if not os.path.exists(path):
-        return
-    keep = []
-    with open(path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a half-written last row
-            if row['iter'] > iter_num:
-                break
-            keep.append(line if line.endswith('\n') else line + '\n')
-    with atomic_file(path) as f:
-        f.writelines(keep)

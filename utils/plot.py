@@ -111,7 +111,7 @@ def attention_weights(gpt, idx, layer, attn):
             T = idx.size(1)
             x = gpt.transformer.wte(idx) + gpt.transformer.wpe(torch.arange(T))
         else:  # the block's input is the previous block's output
-            x = gpt(idx, attn=attn, hidden_layer=layer - 1, return_logits=False)[2]['hidden']
+            x = gpt.body(idx, attn=attn).hidden[layer - 1]
         block = gpt.transformer.h[layer]
         C, nh = x.size(-1), gpt.config.n_head
         q, k, _ = block.attn.c_attn(block.ln_1(x)).split(C, dim=2)

@@ -1,0 +1,101 @@
+"""
+A run's folder (out_dir): train.py writes ckpt.pt (utils/checkpoint.py) and log.jsonl, one JSON row
+per evaluation. This file keeps the folder and its log consistent; every reader of a log goes
+through read_log.
+
+    prepare_out_dir(c.out_dir, c.init_from, c.overwrite)   # train.py, before anything is written
+    rows = read_log(out_dir)                                # [] before the first evaluation
+"""
+import json
+import os
+
+from utils.runtime import atomic_file
+
+RUN_FILES = ('log.jsonl', 'ckpt.pt')
+
+
+def check_out_dir(out_dir, init_from, overwrite):
+    """Make out_dir, or say why it cannot be. A fresh run never replaces an earlier run's files
+    unless asked to (overwrite=True)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir={out_dir!r} is a file; choose a folder")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"out_dir={out_dir!r} cannot be created ({e.strerror}); choose another folder") from None
+    if not os.access(out_dir, os.W_OK):
+        raise ValueError(f"out_dir={out_dir!r} is not writable; choose another folder")
+    own = os.path.abspath(os.path.join(out_dir, 'ckpt.pt'))
+    if init_from.endswith('.pt') and os.path.abspath(init_from) == own:
+        raise ValueError(f"init_from={init_from!r} is this run's own checkpoint, which it would overwrite; "
+                         f"to continue that run use --init_from=resume, else choose another out_dir")
+    old = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
+    if 'log.jsonl' in old and 'ckpt.pt' not in old and (init_from == 'resume' or not overwrite):
+        # killed (or out of disk) before its first checkpoint: there is nothing to resume, only to redo
+        raise ValueError(f"out_dir={out_dir!r} holds a run that stopped before writing its first "
+                         f"checkpoint (log.jsonl, no ckpt.pt), so it cannot be resumed: start it over "
+                         f"with --overwrite=True (without --init_from=resume), or choose another out_dir")
+    if old and init_from != 'resume' and not overwrite:
+        raise ValueError(f"out_dir={out_dir!r} already holds a run ({', '.join(old)}). Continue it with "
+                         f"--init_from=resume, start it over with --overwrite=True (deletes its log and "
+                         f"checkpoint), or choose another out_dir")
+
+
+def start_fresh(out_dir):
+    """Delete an earlier run's log and checkpoint, and the .tmp a killed write left of them."""
+    for f in RUN_FILES:
+        for path in (os.path.join(out_dir, f), os.path.join(out_dir, f + '.tmp')):
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def read_log(out_dir):
+    """The rows of out_dir/log.jsonl ([] if there is none yet). A run killed while writing a row leaves
+    half a line, and only as the last one: it is left out. A broken line before the last, or a row
+    without its iteration, is named with what to do."""
+    path = os.path.join(out_dir, 'log.jsonl')
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = [line for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a log written by train.py (not UTF-8 text); delete that run's "
+                         f"folder and run it again") from None
+    rows = []
+    for i, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines):
+                break  # half a row: the run was stopped while writing it
+            raise ValueError(f"{path}, line {i}, is not JSON; delete that run's folder and run it "
+                             f"again") from None
+        if not isinstance(row, dict) or not isinstance(row.get('iter'), int):
+            raise ValueError(f"{path}, line {i}, is not a row of train.py's log (no 'iter'); delete "
+                             f"that line, or the run's folder to run it again")
+        rows.append(row)
+    return rows
+
+
+def append_row(out_dir, row):
+    """Add one evaluation row to out_dir/log.jsonl."""
+    with open(os.path.join(out_dir, 'log.jsonl'), 'a', encoding='utf-8') as f:
+        f.write(json.dumps(row) + '\n')
+
+
+def trim_log(out_dir, iter_num):
+    """Keep the log rows up to the checkpoint's iteration: a run killed after writing a row but before
+    (or while) writing its checkpoint left rows the resumed run will write again."""
+    if os.path.exists(os.path.join(out_dir, 'log.jsonl')):
+        rows = [r for r in read_log(out_dir) if r['iter'] <= iter_num]
+        with atomic_file(os.path.join(out_dir, 'log.jsonl')) as f:
+            f.writelines(json.dumps(r) + '\n' for r in rows)
+
+
+def prepare_out_dir(out_dir, init_from, overwrite, rank=0):
+    """The run's folder, ready for this run: checked (check_out_dir), and for a fresh run with
+    overwrite=True emptied of the old run's files. Only rank 0 under torchrun deletes anything."""
+    check_out_dir(out_dir, init_from, overwrite)
+    if overwrite and init_from != 'resume' and rank == 0:
+        start_fresh(out_dir)
