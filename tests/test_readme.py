@@ -5,7 +5,11 @@ settings (appended overrides, so a command keeps its own meaning), with TIKTOKEN
 way a student's shell has it. It skips only what cannot run here, and SKIPPED lists each such command
 with the reason, so a new command is never skipped silently. The first command of each script runs in
 a fresh process; later train.py and sample.py commands run inside this one (SAME_PROCESS), which
-saves importing torch again, about 3 s a command."""
+saves importing torch again, about 3 s a command.
+
+The README links to docs/ for what a newcomer need not read first (the walkthrough's printout, timings,
+troubleshooting): the links must resolve, and docs/walkthrough.md must show the README's walkthrough
+command and a printout with the steps walkthrough.py prints today."""
 import os
 import re
 import shlex
@@ -19,6 +23,7 @@ import pytest
 from helpers import ROOT
 
 SHARED_DATA = os.path.join(ROOT, '..', 'shared', 'data')
+WALKTHROUGH = 'python walkthrough.py --ckpt=out/ckpt.pt --plot=docs/figures/passes.png'
 
 SKIPPED = {
     'pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu': 'installs packages (needs the internet)',
@@ -57,6 +62,18 @@ def readme_commands():
             if argv:
                 commands.append(argv)
     return commands
+
+
+def read(path):
+    with open(os.path.join(ROOT, path), encoding='utf-8') as f:
+        return f.read()
+
+
+def printout_steps(text):
+    """The walkthrough's step lines ('2. Pass A: ...') and method headers, with every number replaced by
+    '#': the same on a tiny model as on the default run's, so they compare a printout with a fresh run."""
+    lines = [line.strip() for line in text.splitlines()]
+    return [re.sub(r'[\d.]+', '#', line) for line in lines if re.match(r'(\d\. |Bitune |BAI )', line)]
 
 
 def as_text(argv):
@@ -151,8 +168,11 @@ def test_readme_commands_run_in_order(tmp_path):
         print(f"{time.time() - t0:5.1f}s  {text}")
     outputs = dict(ran)
     # what the tutorial promises: the trace, the figures, the samples
-    trace = outputs['python walkthrough.py --ckpt=out/ckpt.pt --plot=docs/figures/passes.png']
+    trace = outputs[WALKTHROUGH]
     assert '6. loss:' in trace and '5. total = CE' in trace
+    shown = re.search(r'^```text\n(.*?)^```', read('docs/walkthrough.md'), flags=re.S | re.M).group(1)
+    assert printout_steps(shown) == printout_steps(trace), \
+        f"docs/walkthrough.md's printout no longer has walkthrough.py's steps: run `{WALKTHROUGH}` and paste its output"
     assert os.path.isfile(os.path.join(repo, 'out', 'attention.png'))
     assert ' -> ' in outputs['python sample.py --ckpt=out/ckpt.pt --start="31415 R"']
     assert 'method causal, peft none' in outputs['python train.py --method=causal --out_dir=out-causal']
@@ -171,3 +191,43 @@ def test_tokenizer_cache_beside_the_repository_is_found(tmp_path):
     r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ['[22093,', '25]', '50257']
+
+
+def test_walkthrough_page_shows_the_readme_command_and_its_printout():
+    """README keeps the walkthrough's command; docs/walkthrough.md shows that command and what it printed."""
+    assert WALKTHROUGH in [as_text(a) for a in readme_commands()]
+    page = read('docs/walkthrough.md')
+    assert f'```bash\n{WALKTHROUGH}\n```' in page
+    shown = re.search(r'^```text\n(.*?)^```', page, flags=re.S | re.M)
+    assert shown and '6. loss:' in shown.group(1) and '5. total = CE' in shown.group(1)
+
+
+def github_anchors(markdown):
+    """The anchors GitHub gives a file's headings: lowercase, punctuation dropped, spaces to '-', and
+    '-1', '-2', ... after a repeated one. Code blocks hold no headings."""
+    anchors, seen = set(), {}
+    for line in re.sub(r'^```.*?^```', '', markdown, flags=re.S | re.M).splitlines():
+        m = re.match(r'#{1,6} (.*)', line)
+        if m:
+            slug = re.sub(r'[^\w\- ]', '', m.group(1).strip().lower()).replace(' ', '-')
+            anchors.add(slug if slug not in seen else f'{slug}-{seen[slug]}')
+            seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+@pytest.mark.parametrize('name', ['README.md', 'docs/walkthrough.md', 'docs/timings.md', 'docs/troubleshooting.md'])
+def test_links_resolve(name):
+    """Every relative link and picture of the README and of docs/ names a file that exists, and a
+    #section that file has (the lab table links each lab's handout section in labs/README.md)."""
+    text = read(name)
+    bad = []
+    for target in re.findall(r'\]\(([^)\s]+)\)', re.sub(r'^```.*?^```', '', text, flags=re.S | re.M)):
+        if re.match(r'[a-z]+:', target):
+            continue  # https://...
+        path, _, anchor = target.partition('#')
+        path = os.path.normpath(os.path.join(os.path.dirname(name), path)) if path else name
+        if not os.path.exists(os.path.join(ROOT, path)):
+            bad.append(target)
+        elif anchor and anchor not in github_anchors(read(path)):
+            bad.append(target)
+    assert bad == []
