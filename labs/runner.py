@@ -1,0 +1,207 @@
+"""
+Running a lab's runs: each train.py run in its own process (launch), `jobs` at a time, stage by
+stage (run_all); Ctrl-C or SIGTERM stops them all (stop), and so does labs.py's death
+(die_with_parent). A run that ends well gets out_dir/run.json, its record (what it is and its
+fingerprint), so that the same command reuses it (finished). One labs.py at a time per out_dir:
+take_lock, release.
+
+    held = take_lock(out_dir)
+    failed = run_all(runs, jobs=2, again='python labs/labs.py ...')   # the runs of labs.plan()
+    release(held)
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tqdm import tqdm
+
+from utils.rundir import read_log
+from utils.runtime import atomic_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # runs start here, at train.py
+
+
+def read_json(path):
+    """A JSON file's contents, or None if there is none."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path, obj):
+    with atomic_file(path) as f:  # a stop never leaves half a file under the real name
+        json.dump(obj, f)
+
+
+def record(run):
+    """What a run is, without its rows: the file run.json in its folder, and its entry in a
+    share."""
+    return {'arm': run['arm'], 'seed': run['seed'], 'views': list(run['views']),
+            'max_iters': run['cfg']['max_iters'], 'tokens_per_step': run['tokens_per_step'],
+            'cost': run['cost'], 'fingerprint': run['fingerprint']}
+
+
+def logged_to_the_end(run):
+    rows = read_log(run['out_dir'])
+    return bool(rows) and rows[-1]['iter'] == run['cfg']['max_iters']
+
+
+def finished(run):
+    """Done with the same settings and code. run.json is written only after the run has ended well,
+    and removed before it starts again, so a stopped or failed run is never taken for a finished
+    one."""
+    done = read_json(os.path.join(run['out_dir'], 'run.json'))
+    return done is not None and done['fingerprint'] == run['fingerprint'] and logged_to_the_end(run)
+
+
+def die_with_parent():
+    """For Linux: a function the child runs before train.py that asks the kernel to SIGKILL it when
+    labs.py dies, however it dies (SIGKILL runs no handler of ours; prctl PR_SET_PDEATHSIG = 1 does
+    not need one). Without it a killed lab would leave its runs training, unwatched, for an hour.
+    Where prctl is missing (macOS, Windows) None: only a stop labs.py sees (Ctrl-C, SIGTERM) stops
+    its runs."""
+    if not sys.platform.startswith('linux'):
+        return None
+    import ctypes
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), 'prctl', None)
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec():  # in the forked child; launch() runs in labs.py's only thread, the one watched
+        prctl(1, signal.SIGKILL)
+        if os.getppid() != parent:  # labs.py died before the line above took effect
+            os._exit(1)
+    return preexec
+
+
+def launch(run, threads):
+    """Start one run in its own process (nothing shared; a crash stays contained) and its own
+    process group (stop() ends it with whatever it started), its output in out_dir/train.txt. A run
+    that did not finish with these settings starts over in its folder: --overwrite=True. train.py is
+    deterministic, so a restarted run ends with the numbers an uninterrupted one has; its log is
+    written afresh."""
+    os.makedirs(run['out_dir'], exist_ok=True)
+    if os.path.exists(os.path.join(run['out_dir'], 'run.json')):
+        os.remove(os.path.join(run['out_dir'], 'run.json'))  # until it ends well, not finished
+    env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
+    with open(os.path.join(run['out_dir'], 'train.txt'), 'w') as log:  # the child has its own copy
+        return subprocess.Popen([sys.executable, 'train.py', *run['argv'], '--overwrite=True'],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                start_new_session=True, preexec_fn=die_with_parent())
+
+
+def stop(procs, grace=5.0):
+    """End these runs' process groups: SIGTERM, then SIGKILL for any still there after `grace`
+    seconds."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # it has just ended by itself
+    deadline = time.time() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+
+def run_all(runs, jobs, again):
+    """Stage by stage (fine-tuning needs its base), `jobs` runs at a time; returns the failed runs.
+    Ctrl-C or SIGTERM stops the running runs, starts no other, and exits (130) with one line that
+    says what is kept and that `again`, the same command, continues the lab."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    threads = max(1, cores // jobs)  # N runs of cores/N threads: shared, never oversubscribed
+    # the longest runs first, so no job idles at the end waiting for a long one
+    todo = sorted((r for r in runs if not finished(r)),
+                  key=lambda r: (r['stage'], -r['cfg']['max_iters'] * r['tokens_per_step']))
+    print(f"{len(runs)} runs, {len(runs) - len(todo)} of them reused from earlier (same settings "
+          f"and code); {jobs} at a time, {threads} thread(s) each")
+    failed, running, signals = [], {}, []
+    handlers = {s: signal.signal(s, lambda signum, frame: signals.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    tqdm.monitor_interval = 0  # no monitor thread: launch() forks, safe only with one thread
+    t0, bar = time.time(), tqdm(total=len(todo), desc='runs', dynamic_ncols=True)
+    try:
+        while (todo or running) and not signals:
+            stage = min(r['stage'] for r in todo + [r for r, _ in running.values()])
+            while todo and todo[0]['stage'] == stage and len(running) < jobs and not signals:
+                r = todo.pop(0)
+                running[launch(r, threads)] = r, time.time()
+            for proc in [p for p in running if p.poll() is not None]:
+                r, started = running.pop(proc)
+                if proc.returncode == 0 and logged_to_the_end(r):
+                    write_json(os.path.join(r['out_dir'], 'run.json'), record(r))
+                else:
+                    failed.append(r)
+                outcome = 'failed, see its train.txt' if r in failed else 'done'
+                tqdm.write(f"{r['arm']} seed {r['seed']} ({r['cfg']['max_iters']} it): {outcome} "
+                           f"in {time.time() - started:.0f}s -> {r['out_dir']}")
+                bar.update()
+            time.sleep(0.05)
+    finally:  # a signal, or labs.py's own failure: no run outlives it
+        stop(list(running))
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        bar.close()
+    if signals:
+        kept = len(runs) - len(todo) - len(running) - len(failed)
+        print(f"stopped: {kept} of {len(runs)} runs are finished and kept, {len(running)} were "
+              f"stopped, {len(failed)} failed and {len(todo)} not started (they run next time); "
+              f"to continue, run the same command: {again}", file=sys.stderr)
+        sys.exit(130)
+    print(f"total {time.time() - t0:.0f}s")
+    return failed
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
+def take_lock(out_dir):
+    """One labs.py per out_dir: out_dir/lock holds its pid, created atomically (O_CREAT |
+    O_EXCL), so two labs.py never run (and overwrite) the same runs. A lock whose labs.py has died
+    is taken over."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, 'lock')
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    text = f.read().strip()
+            except FileNotFoundError:
+                continue  # its owner has just removed it
+            if not text.isdigit() and time.time() - os.path.getmtime(path) < 10:
+                text = str(os.getpid())  # just created, its pid not yet written: the owner is alive
+            if text.isdigit() and alive(int(text)):
+                raise ValueError(f"{out_dir} is in use by another labs.py (pid {text}); wait for "
+                                 f"it to end or stop it, or choose another --out_dir")
+            os.remove(path)  # its owner has died: take it over
+            continue
+        with os.fdopen(fd, 'w') as f:
+            f.write(str(os.getpid()))
+        return path
+
+
+def release(path):
+    with open(path) as f:
+        mine = f.read().strip() == str(os.getpid())
+    if mine:
+        os.remove(path)
