@@ -13,7 +13,7 @@ Bitune (arXiv 2405.14862) reads the prompt twice with two different adapters, 'c
 
 Usage:
     add_adapters(model, names=('causal', 'bidir'), kind='dora'); set_adapter(model, 'bidir')
-    with adapter(model, 'causal'): ...              # run the model with another adapter for a while
+    with adapter(model, 'causal'): ...   # run the model with another adapter for a while
 """
 
 import math
@@ -24,16 +24,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
-# Adapters: small trained additions to a frozen linear layer y = W x + b, several per layer, each with a name
-#   LoRA (arXiv 2106.09685)  y = W x + b + s B A x                       s = alpha / r, B starts at 0
-#   DoRA (arXiv 2402.09353)  y = m * (W + s B A) x / ||W + s B A|| + b    norm per output unit, m starts at ||W||
-#   IA3  (arXiv 2205.05638)  y = l * (W x + b)  or  y = W (l * x) + b     l a vector, starts at ones
+# Adapters: small trained additions to a frozen linear layer y = W x + b
+#   LoRA (arXiv 2106.09685)  y = W x + b + s B A x                     s = alpha / r, B starts at 0
+#   DoRA (arXiv 2402.09353)  y = m * (W + s B A) x / ||W + s B A|| + b  norm per output unit,
+#                                                                       m starts at ||W||
+#   IA3  (arXiv 2205.05638)  y = l * (W x + b)  or  y = W (l * x) + b   l a vector, starts at ones
 
 KINDS = ('lora', 'dora', 'ia3')
 
 
 class AdaptedLinear(nn.Linear):
-    """nn.Linear plus any number of named adapters, one active at a time; each is LoRA, DoRA or IA3.
+    """nn.Linear plus any number of named adapters (LoRA, DoRA or IA3), one active at a time.
 
     A subclass of nn.Linear so `weight` and `bias` keep their names and GPT-2
     checkpoints load unchanged; adapters only add state-dict keys, such as
@@ -43,21 +44,22 @@ class AdaptedLinear(nn.Linear):
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.kind = {}                      # name -> 'lora' | 'dora' | 'ia3' (config, not learned state)
+        self.kind = {}                      # name -> 'lora' | 'dora' | 'ia3' (config, not state)
         self.lora_A = nn.ParameterDict()    # name -> (r, in)     LoRA and DoRA
         self.lora_B = nn.ParameterDict()    # name -> (out, r)    LoRA and DoRA
         self.lora_dropout = nn.ModuleDict()
         self.lora_scale = {}                # name -> alpha / r
-        self.dora_m = nn.ParameterDict()    # name -> (out,)      DoRA's magnitude of each output unit
+        self.dora_m = nn.ParameterDict()    # name -> (out,)      DoRA's magnitude per output unit
         self.ia3_l = nn.ParameterDict()     # name -> (in,) or (out - skip,)   IA3's scales
-        self.ia3_on = {}                    # name -> 'in' (scale the input) or 'out' (scale the output)
+        self.ia3_on = {}                    # name -> 'in' or 'out': scale the input or the output
         self.active = None                  # which adapter forward() uses, or None for the base
         self.merged = None                  # which adapter is currently folded into `weight`
         self.unmerged = None                # (weight, bias) as they were before merge()
 
     def add_adapter(self, name, kind='lora', r=8, alpha=8, dropout=0.0, ia3_on='in', ia3_skip=0):
-        """LoRA and DoRA use r, alpha and dropout. IA3 has no rank and no dropout: it scales every input
-        feature (ia3_on='in') or the output features after the first ia3_skip (ia3_on='out')."""
+        """LoRA and DoRA use r, alpha and dropout. IA3 has no rank and no dropout: it scales
+        every input feature (ia3_on='in') or the output features after the first ia3_skip
+        (ia3_on='out')."""
         if name in self.kind:
             raise ValueError(f"adapter '{name}' already exists on this layer")
         if kind not in KINDS:
@@ -65,7 +67,8 @@ class AdaptedLinear(nn.Linear):
         kw = dict(device=self.weight.device, dtype=self.weight.dtype)
         if kind == 'ia3':
             n = self.in_features if ia3_on == 'in' else self.out_features - ia3_skip
-            self.ia3_l[name] = nn.Parameter(torch.ones(n, **kw))  # ones: a fresh adapter changes nothing
+            # ones: a fresh adapter changes nothing
+            self.ia3_l[name] = nn.Parameter(torch.ones(n, **kw))
             self.ia3_on[name] = ia3_on
         else:
             A = torch.empty(r, self.in_features, **kw)
@@ -77,7 +80,8 @@ class AdaptedLinear(nn.Linear):
             self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
             self.lora_scale[name] = alpha / r
             if kind == 'dora':
-                # m starts at W's row norms, so m * W / ||W|| = W: a fresh DoRA adapter changes nothing either
+                # m starts at W's row norms, so m * W / ||W|| = W: a fresh DoRA adapter
+                # changes nothing either
                 self.dora_m[name] = nn.Parameter(self.weight.detach().norm(dim=1))
         self.kind[name] = kind
 
@@ -85,40 +89,46 @@ class AdaptedLinear(nn.Linear):
         return (self.lora_B[name] @ self.lora_A[name]) * self.lora_scale[name]  # (out, in)
 
     def dora_scale(self, name):
-        """m / ||W + s B A|| for each output unit, (out,): the norm of row i of the (out, in) weight.
-        The norm is computed without autograd, so backward treats it as a constant, as DoRA's section
-        4.3 recommends to save training memory: gradients reach m, A and B through the numerator only."""
+        """m / ||W + s B A|| for each output unit, (out,): the norm of row i of the (out, in)
+        weight. The norm is computed without autograd, so backward treats it as a constant, as
+        DoRA's section 4.3 recommends to save training memory: gradients reach m, A and B
+        through the numerator only."""
         with torch.no_grad():
             norm = (self.weight + self.delta_weight(name)).norm(dim=1)  # (out,)
         return self.dora_m[name] / norm
 
     def ia3_out_scale(self, name):
-        """IA3's scale of every output feature, (out,): ones for the first ia3_skip (c_attn's queries), then l."""
+        """IA3's scale of every output feature, (out,): ones for the first ia3_skip (c_attn's
+        queries), then l."""
         l = self.ia3_l[name]
         return F.pad(l, (self.out_features - l.numel(), 0), value=1.0)
 
     def forward(self, x):
         name = self.active
         if self.merged is not None and name != self.merged:
-            # `weight` holds the merged adapter's weight; running anything else would be silently wrong
+            # `weight` holds the merged adapter's weight; running anything else would be
+            # silently wrong
             raise RuntimeError(f"adapter '{self.merged}' is merged into the weight; call unmerge() "
                                f"before running with adapter {name!r}")
         if name is None or name == self.merged:
-            return F.linear(x, self.weight, self.bias)                                 # W x + b
+            return F.linear(x, self.weight, self.bias)                        # W x + b
         if self.kind[name] == 'ia3':
             if self.ia3_on[name] == 'in':
-                return F.linear(x * self.ia3_l[name], self.weight, self.bias)          # W (l * x) + b
-            return F.linear(x, self.weight, self.bias) * self.ia3_out_scale(name)      # l * (W x + b)
-        A, B, scale, drop = self.lora_A[name], self.lora_B[name], self.lora_scale[name], self.lora_dropout[name]
+                return F.linear(x * self.ia3_l[name], self.weight, self.bias)  # W (l * x) + b
+            return F.linear(x, self.weight, self.bias) * self.ia3_out_scale(name)  # l * (W x + b)
+        A, B, scale, drop = (self.lora_A[name], self.lora_B[name],
+                             self.lora_scale[name], self.lora_dropout[name])
         if self.kind[name] == 'dora':
-            y = F.linear(x, self.weight) + scale * (drop(x) @ A.t() @ B.t())           # (W + s B A) x
-            y = y * self.dora_scale(name)                                              # * m / ||W + s B A||
+            y = F.linear(x, self.weight) + scale * (drop(x) @ A.t() @ B.t())  # (W + s B A) x
+            y = y * self.dora_scale(name)                                     # * m / ||W + s B A||
             return y if self.bias is None else y + self.bias
         if self.weight.requires_grad and torch.is_grad_enabled() and isinstance(drop, nn.Identity):
-            # W is trained too (Bitune's Pass A under peft='none'): backward pays for W's gradient anyway,
-            # so one matmul with W + scale B A is cheaper than the two thin extra ones below. Same function.
+            # W is trained too (Bitune's Pass A under peft='none'): backward pays for W's gradient
+            # anyway, so one matmul with W + scale B A is cheaper than the two thin extra ones
+            # below. Same function.
             return F.linear(x, self.weight + scale * (B @ A), self.bias)
-        return F.linear(x, self.weight, self.bias) + scale * (drop(x) @ A.t() @ B.t())  # W x + b + (alpha/r) B A x
+        # W x + b + (alpha/r) B A x
+        return F.linear(x, self.weight, self.bias) + scale * (drop(x) @ A.t() @ B.t())
 
     @torch.no_grad()
     def adapted_weight(self, name):
@@ -129,15 +139,17 @@ class AdaptedLinear(nn.Linear):
         if self.kind[name] == 'dora':
             return self.dora_scale(name)[:, None] * (W + self.delta_weight(name)), b
         if self.ia3_on[name] == 'in':
-            return W * self.ia3_l[name], b                       # scaling input j = scaling column j of W
+            return W * self.ia3_l[name], b  # scaling input j = scaling column j of W
         s = self.ia3_out_scale(name)
-        return W * s[:, None], None if b is None else b * s      # scaling output i = scaling row i and b_i
+        # scaling output i = scaling row i and b_i
+        return W * s[:, None], None if b is None else b * s
 
     @torch.no_grad()
     def merge(self, name):
-        """Fold adapter `name` into weight (and bias): one plain matmul per layer at inference. A copy of
-        the weight is kept so unmerge() restores it exactly (DoRA's normalisation cannot be undone from the
-        merged weight alone); the copy holds the layer's weight a second time until then."""
+        """Fold adapter `name` into weight (and bias): one plain matmul per layer at inference.
+        A copy of the weight is kept so unmerge() restores it exactly (DoRA's normalisation cannot
+        be undone from the merged weight alone); the copy holds the layer's weight a second time
+        until then."""
         if self.merged is not None:
             raise RuntimeError(f"adapter '{self.merged}' is already merged; unmerge() it first")
         W, b = self.adapted_weight(name)
@@ -195,7 +207,8 @@ def add_adapters(model, names=('causal',), kind='lora', r=8, alpha=8, dropout=0.
             m.add_adapter(name, kind, **opts)
         count += 1
     if count == 0:
-        raise ValueError(f"no linear layer matched targets={targets}; choose from c_attn, c_proj, c_fc")
+        raise ValueError(f"no linear layer matched targets={targets}; "
+                         f"choose from c_attn, c_proj, c_fc")
     return model
 
 
@@ -203,15 +216,18 @@ def set_adapter(model, name):
     """Make `name` the active adapter of the whole model (None = base weights only)."""
     if name is not None and name not in adapter_kinds(model):
         have = sorted(adapter_kinds(model))
-        raise ValueError(f"no adapter named {name!r}; the model has {have or 'none (call add_adapters first)'}")
+        raise ValueError(f"no adapter named {name!r}; "
+                         f"the model has {have or 'none (call add_adapters first)'}")
     for m in adapted_layers(model):
-        # layers without such an adapter (left out of `targets`, or not an IA3 place) run their base weight
+        # layers without such an adapter (left out of `targets`, or not an IA3 place) run their
+        # base weight
         m.active = name if name in m.kind else None
 
 
 @contextmanager
 def adapter(model, name):
-    """`with adapter(model, 'bidir'): ...` runs the block with that adapter, then restores the previous one."""
+    """`with adapter(model, 'bidir'): ...` runs the block with that adapter, then restores the
+    previous one."""
     layers = adapted_layers(model)
     before = [m.active for m in layers]
     set_adapter(model, name)
@@ -223,8 +239,8 @@ def adapter(model, name):
 
 
 def is_adapter_param(name):
-    """Adapter tensors of any kind, and Bitune's mixing scalars ('mix_'): what a frozen-base run trains
-    and an adapter-only checkpoint keeps. Every such name holds one of these markers."""
+    """Adapter tensors of any kind, and Bitune's mixing scalars ('mix_'): what a frozen-base run
+    trains and an adapter-only checkpoint keeps. Every such name holds one of these markers."""
     return any(marker in name for marker in ('lora_', 'dora_', 'ia3_', 'mix_'))
 
 
@@ -243,6 +259,7 @@ def load_adapter_state_dict(model, sd):
     want = set(adapter_state_dict(model))
     missing, unexpected = sorted(want - set(sd)), sorted(set(sd) - want)
     if missing or unexpected:
-        raise ValueError(f"adapter state dict does not match the model's adapters: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}. Add the same adapters (names, kind, targets) before loading.")
+        raise ValueError(f"adapter state dict does not match the model's adapters: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}. "
+                         f"Add the same adapters (names, kind, targets) before loading.")
     model.load_state_dict(sd, strict=False)

@@ -58,12 +58,13 @@ def answer_tokens(batch):
     P, A, targets = batch['prompt_len'], batch['answer_len'], batch['targets']
     # example i predicts its answer from column P_i - 1 on: targets[i, P_i-1+j] = answer_i[j]
     j = torch.arange(int(A.max()), device=P.device)[None]               # (1, Am)
-    cols = (P[:, None] - 1 + j).clamp(max=targets.size(1) - 1)          # (B, Am); clamped ones are masked
+    cols = (P[:, None] - 1 + j).clamp(max=targets.size(1) - 1)          # (B, Am); clamped: masked
     answer_valid = j < A[:, None]                                       # (B, Am)
-    tokens = targets.gather(1, cols).masked_fill(~answer_valid, 0)      # 0: any real id, never scored
+    tokens = targets.gather(1, cols).masked_fill(~answer_valid, 0)      # 0: any real id, unscored
     if (tokens < 0).any():
-        raise ValueError("answer tokens not found where expected: the batch must be right-padded with "
-                         "targets[i, P_i-1 : P_i-1+A_i] = the answer (data.tasks.collate's layout)")
+        raise ValueError("answer tokens not found where expected: the batch must be right-padded "
+                         "with targets[i, P_i-1 : P_i-1+A_i] = the answer "
+                         "(data.tasks.collate's layout)")
     return tokens, answer_valid
 
 # -----------------------------------------------------------------------------
@@ -77,9 +78,10 @@ def equalize(D, E, pivot_valid):
     Returns E_hat (B, A, C), one mix of the pivots per answer token, and S (B, A, P).
     """
     if not pivot_valid.any(1).all():
-        raise ValueError("an example has no valid pivot (e.g. a 1-token prompt has an empty Bitune "
-                         "prefix); use prompts of at least 2 tokens")
-    E = E.masked_fill(~pivot_valid[..., None], 0.0)  # padding pivots: exactly nothing flows in or out
+        raise ValueError("an example has no valid pivot (e.g. a 1-token prompt has an empty "
+                         "Bitune prefix); use prompts of at least 2 tokens")
+    # padding pivots: exactly nothing flows in or out
+    E = E.masked_fill(~pivot_valid[..., None], 0.0)
     scores = D @ E.transpose(1, 2) / math.sqrt(D.size(-1))          # (B, A, P)
     scores = scores.masked_fill(~pivot_valid[:, None, :], float('-inf'))
     S = scores.softmax(dim=-1)                                      # (B, A, P): each row sums to 1
@@ -107,7 +109,8 @@ def awareness_loss(E_hat, D, answer_tokens, answer_valid, kind='mse', lm_head=No
         if lm_head is None:
             raise ValueError("kind='ce' needs lm_head (the model's output layer)")
         logits = lm_head(E_hat)                          # (B, A, V)
-        per_pos = F.cross_entropy(logits.transpose(1, 2), answer_tokens, reduction='none')  # (B, A)
+        per_pos = F.cross_entropy(logits.transpose(1, 2), answer_tokens,
+                                  reduction='none')      # (B, A)
     else:
         raise ValueError(f"unknown BAI loss kind {kind!r}; choose one of {KINDS}")
     # where() rather than * m: a NaN/inf at a padding position must not reach the sum
@@ -137,7 +140,8 @@ def schedule(step, kind='constant', eta=1.0, gamma=0.5, phi=1000, max_iters=None
         return 1.0
     if kind == 'linear':
         if not max_iters or max_iters <= 0:
-            raise ValueError("schedule 'linear' needs max_iters > 0 (the step where the weight reaches 0)")
+            raise ValueError("schedule 'linear' needs max_iters > 0 "
+                             "(the step where the weight reaches 0)")
         return max(0.0, 1.0 - step / max_iters)
     if kind == 'exp':
         if phi <= 0:

@@ -47,26 +47,26 @@ def attention_mask(valid, T, attn):
     S = valid.size(1)
     q = torch.arange(S - T, S, device=valid.device).view(T, 1)  # absolute index of each query
     k = torch.arange(S, device=valid.device).view(1, S)
-    allowed = valid[:, None, :]                                   # (B, 1, S): padding keys are never seen
+    allowed = valid[:, None, :]                        # (B, 1, S): padding keys are never seen
     if attn == 'causal':
-        allowed = allowed & (k <= q)                              # (B, T, S)
+        allowed = allowed & (k <= q)                   # (B, T, S)
     # every query sees itself: a padding query would otherwise have no key at all
     # and softmax over nothing gives NaN. Real queries see themselves anyway.
     allowed = allowed | (k == q)
-    return allowed[:, None]                                       # (B, 1, T, S), broadcast over heads
+    return allowed[:, None]                            # (B, 1, T, S), broadcast over heads
 
 # -----------------------------------------------------------------------------
 # The KV cache of generation
 
 
 class KVCache:
-    """One layer's keys and values during generation, in buffers allocated once for the whole sequence.
+    """One layer's keys and values during generation, in buffers allocated once for the sequence.
 
     Growing the cache with torch.cat would allocate and copy all of it at every new token, a cost
-    that grows with the sequence. Here a token's K/V is written in place after the filled
-    part, and attention reads the filled part only: the same keys, values and mask as with
-    torch.cat, so the same results. (Training does not use this: Bitune's Pass C needs the
-    autograd graph through the prompt's K/V, which torch.cat keeps.)
+    that grows with the sequence. Here a token's K/V is written in place after the filled part,
+    and attention reads the filled part only: the same keys, values and mask as with torch.cat,
+    so the same results. (Training does not use this: Bitune's Pass C needs the autograd graph
+    through the prompt's K/V, which torch.cat keeps.)
     """
 
     def __init__(self, k, v, size):
@@ -76,7 +76,7 @@ class KVCache:
         self.len = T                                             # columns filled so far
 
     def append(self, k, v):
-        """Write this call's k, v (B, nh, T, hs) after the filled columns; return all filled ones."""
+        """Write this call's k, v (B, nh, T, hs) after the filled columns; return all filled."""
         end = self.len + k.size(2)
         self.k[:, :, self.len:end], self.v[:, :, self.len:end] = k, v
         self.len = end
@@ -98,10 +98,11 @@ class Body(NamedTuple):
     kv: list         # every layer's (k, v), each (B, n_head, past + T, head size), with their graph
 
     def at(self, layer):
-        """The state at `layer` (see has_hidden_layer): the final state for -1, else a block's output."""
-        if not has_hidden_layer(layer, len(self.hidden)):
-            raise ValueError(f"layer {layer}: a {len(self.hidden)}-block model has -1 (after ln_f), "
-                             f"blocks 0..{len(self.hidden) - 1}, or -2..-{len(self.hidden)} counted back")
+        """The state at `layer` (see has_hidden_layer): the final state for -1, else a block's."""
+        L = len(self.hidden)
+        if not has_hidden_layer(layer, L):
+            raise ValueError(f"layer {layer}: a {L}-block model has -1 (after ln_f), blocks "
+                             f"0..{L - 1}, or -2..-{L} counted back")
         return self.x if layer == -1 else self.hidden[layer]
 
 
@@ -121,7 +122,7 @@ class SelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"
-        self.c_attn = AdaptedLinear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_attn = AdaptedLinear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v
         self.c_proj = AdaptedLinear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
@@ -188,7 +189,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2
         self.apply(self._init_weights)
-        # GPT-2's scaled init of the residual projections: keeps the residual stream's variance flat with depth
+        # GPT-2's scaled init of the residual projections: the residual stream's variance stays flat
         for pn, p in self.named_parameters():
             if pn.endswith('c_proj.weight'):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
@@ -217,7 +218,7 @@ class GPT(nn.Module):
         (B, n_head, past, head size), or per layer a KVCache (generate()), extended in place.
         """
         pos, mask, is_causal = self._inputs(idx, pos, valid, attn, past_kv)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # B, T, C
         hidden, kv = [], []
         for i, block in enumerate(self.transformer.h):
             x, layer_kv = block(x, mask, is_causal, None if past_kv is None else past_kv[i])
@@ -233,10 +234,10 @@ class GPT(nn.Module):
         return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
 
     def answer_loss(self, x, targets):
-        """The same loss as head(x, targets) without its logits: lm_head runs only where a target is
-        scored. Training needs no logits, and with GPT-2's 50k-token vocabulary and a 600-token
-        dialogue ahead of a 60-token summary this skips most of the head's work and its (B, T, vocab)
-        logits in memory. (The boolean index costs a GPU sync.)"""
+        """The same loss as head(x, targets) without its logits: lm_head runs only where a target
+        is scored. Training needs no logits, and with GPT-2's 50k-token vocabulary and a 600-token
+        dialogue ahead of a 60-token summary this skips most of the head's work and its
+        (B, T, vocab) logits in memory. (The boolean index costs a GPU sync.)"""
         scored = targets != -1                                      # (B, T)
         return F.cross_entropy(self.lm_head(x[scored]), targets[scored])
 
@@ -252,8 +253,8 @@ class GPT(nn.Module):
             pos = torch.arange(past, past + T, device=idx.device)  # (T,), broadcast over the batch
         last = past + T - 1 if pos.dim() == 1 else int(pos.max())
         if last >= self.config.block_size:
-            raise ValueError(f"position {last} is past block_size {self.config.block_size}: the input "
-                             f"is longer than this model can read")
+            raise ValueError(f"position {last} is past block_size {self.config.block_size}: the "
+                             f"input is longer than this model can read")
         if valid is None and past == 0:
             return pos, None, attn == 'causal'  # no padding, no cache: SDPA's own fast masks
         if valid is None:
@@ -277,23 +278,25 @@ class GPT(nn.Module):
         here); decoding afterwards is the same for every method.
         """
         B, T = idx.size()
-        if temperature < 0 or (top_k is not None and top_k < 1):  # a negative temperature picks the least likely
-            raise ValueError(f"temperature must be >= 0 and top_k >= 1 (or None), got {temperature} and {top_k}")
+        if temperature < 0 or (top_k is not None and top_k < 1):  # < 0 picks the least likely
+            raise ValueError(f"temperature must be >= 0 and top_k >= 1 (or None), got "
+                             f"{temperature} and {top_k}")
         if T + max_new_tokens > self.config.block_size:
-            raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds block_size "
-                             f"{self.config.block_size}; shorten the prompt or ask for fewer tokens")
+            raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+                             f"block_size {self.config.block_size}; shorten the prompt or ask for "
+                             f"fewer tokens")
         if valid is None:
             valid = torch.ones(B, T, dtype=torch.bool, device=idx.device)
         if not valid[:, -1].all():
-            raise ValueError("prompts must be left-padded: the last column must be a real token in every row")
-        pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # real tokens get 0, 1, ...; padding gets 0 (never seen)
+            raise ValueError("prompts must be left-padded: the last column is real in every row")
+        pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # real tokens 0, 1, ...; padding 0 (unseen)
         if prefill is None:
             out = self.body(idx, pos, valid)
-            last, kv = self.lm_head(out.x[:, -1]), out.kv  # only the last position's logits are needed
+            last, kv = self.lm_head(out.x[:, -1]), out.kv  # only the last position's logits
         else:
             last, kv = prefill(idx, pos, valid)
         kv = [KVCache(k, v, T + max_new_tokens) for k, v in kv]  # room for every token to come
-        valid = torch.cat([valid, valid.new_ones(B, max_new_tokens)], dim=1)  # new tokens are all real
+        valid = torch.cat([valid, valid.new_ones(B, max_new_tokens)], dim=1)  # new tokens are real
         next_pos = pos[:, -1:] + 1  # (B, 1)
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         out = [idx]
@@ -305,10 +308,10 @@ class GPT(nn.Module):
             out.append(tok)
             if step == max_new_tokens - 1 or (stop_token is not None and bool(done.all())):
                 break
-            logits, _ = self(tok, pos=next_pos, valid=valid[:, :T + step + 1], past_kv=kv)  # extends kv
+            logits, _ = self(tok, pos=next_pos, valid=valid[:, :T + step + 1], past_kv=kv)
             last, next_pos = logits[:, -1], next_pos + 1
         out = torch.cat(out, dim=1)
-        if out.size(1) < T + max_new_tokens:  # stopped early: every row is finished, pad with the stop token
+        if out.size(1) < T + max_new_tokens:  # every row stopped early: pad with the stop token
             out = F.pad(out, (0, T + max_new_tokens - out.size(1)), value=stop_token)
         return out
 
@@ -316,7 +319,8 @@ class GPT(nn.Module):
     def _sample(logits, temperature, top_k, generator):
         if temperature == 0:
             return logits.argmax(dim=-1, keepdim=True)
-        logits = logits.float() / temperature
+        logits = logits.float()
+        logits = (logits - logits.amax(-1, keepdim=True)) / temperature  # <= 0: never inf
         if top_k is not None:
             v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
             logits = logits.masked_fill(logits < v[:, [-1]], float('-inf'))
@@ -325,15 +329,11 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir, dropout=0.0):
-        """GPT-2 weights from a name ('gpt2', 'gpt2-medium', ...) or a local directory (see utils/weights.py)."""
+        """GPT-2 weights from a name ('gpt2', 'gpt2-medium', ...) or a folder (utils/weights.py)."""
         cfg, sd = weights.load_gpt2(name_or_dir)
         model = cls(GPTConfig(**{**cfg, 'dropout': dropout}))
         weights.load_into(model, sd)
         return model
-
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, eps=1e-8):
-        return configure_optimizers(self, weight_decay, learning_rate, betas, device_type, eps)
-
 
 def count_params(model):
     """(trainable, total) parameter counts; tied weights are counted once."""
@@ -341,7 +341,8 @@ def count_params(model):
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def configure_optimizers(module, weight_decay, learning_rate, betas, device_type, eps=1e-8, adapter_weight_decay=0.0):
+def configure_optimizers(module, weight_decay, learning_rate, betas, device_type, eps=1e-8,
+                         adapter_weight_decay=0.0):
     """AdamW over the trainable parameters of any module (a GPT, or a wrapper such as Bitune's).
 
     Three groups: 2-D base weights (decayed), 1-D base parameters (biases,
@@ -362,7 +363,8 @@ def configure_optimizers(module, weight_decay, learning_rate, betas, device_type
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen")
     trainable, total = count_params(module)
+    n_base, n_adapters = sum(p.numel() for _, p in base), sum(p.numel() for p in adapters)
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
-          f"  [base: {sum(p.numel() for _, p in base):,}, adapters: {sum(p.numel() for p in adapters):,}]")
+          f"  [base: {n_base:,}, adapters: {n_adapters:,}]")
     fused = device_type == 'cuda'  # the fused CUDA kernel is faster; it does not exist on cpu/mps
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=fused)

@@ -1,10 +1,14 @@
 """
 Sample from a trained model, or from GPT-2 itself.
 
-    python sample.py --ckpt=out/ckpt.pt --start="31415 R"            # a toy model: data, then the operation
-    python sample.py --ckpt=out/ckpt.pt --start="31415 R, 2718 S"    # several prompts, one batch
-    python sample.py --ckpt=out-dialogsum/ckpt.pt --start=FILE:dialogue.txt   # summarize a dialogue
-    python sample.py --init_from=gpt2 --start="The meaning of life is" --temperature=0.8 --num_samples=3
+    # a toy model: data, then the operation
+    python sample.py --ckpt=out/ckpt.pt --start="31415 R"
+    # several prompts, one batch
+    python sample.py --ckpt=out/ckpt.pt --start="31415 R, 2718 S"
+    # summarize a dialogue
+    python sample.py --ckpt=out-dialogsum/ckpt.pt --start=FILE:dialogue.txt
+    python sample.py --init_from=gpt2 --start="The meaning of life is" \
+        --temperature=0.8 --num_samples=3
 
 A Bitune checkpoint generates with Bitune's two-pass prefill automatically: the
 model it rebuilds has the same generate() as a plain GPT. BAI changes nothing at
@@ -21,7 +25,7 @@ import torch
 
 from model import GPT
 from utils.checkpoint import GPT2_NAMES, model_from_checkpoint
-from configurator import check_device, check_ranges, configure
+from configurator import check_ranges, configure, pick_device
 from data.tasks import collate_prompts, get_tokenizer
 from data.toy import toy
 
@@ -29,13 +33,14 @@ ckpt = ''               # a checkpoint written by train.py ...
 init_from = ''          # ... or a GPT-2 name ('gpt2', ...) or directory, to sample plain GPT-2
 start = "31415 R"       # the prompt(s); FILE:path reads them from a file
 num_samples = 1         # samples per prompt
-max_new_tokens = 0      # 0 = the task's longest answer (toy) / its max_answer (summaries) / 100 (GPT-2)
+max_new_tokens = 0      # 0 = 20 (toy) / the task's max_answer (summaries) / 100 (GPT-2)
 temperature = 0.0       # 0 = greedy; higher = more random (never below 0)
 top_k = 0               # keep only the k most likely tokens when sampling; 0 = all
 seed = 1337
 device = 'cpu'
 threads = 0             # torch CPU threads; 0 = torch's default (one per core)
-DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith('_') and isinstance(v, (int, float, str))}
+DEFAULTS = {k: v for k, v in dict(globals()).items()
+            if not k.startswith('_') and isinstance(v, (int, float, str))}
 
 
 def load(c):
@@ -47,7 +52,8 @@ def load(c):
         return model, saved['meta']
     if c.init_from:
         if c.init_from not in GPT2_NAMES and not os.path.isdir(c.init_from):
-            raise ValueError(f"--init_from={c.init_from!r}: a GPT-2 name {GPT2_NAMES} or a directory")
+            raise ValueError(f"--init_from={c.init_from!r}: "
+                             f"a GPT-2 name {GPT2_NAMES} or a directory")
         meta = {'name': 'gpt2', 'tokenizer': 'gpt2', 'eos': 50256, 'pad': 50256}
         return GPT.from_pretrained(c.init_from).to(c.device), meta
     raise ValueError("say what to sample from: --ckpt=out/ckpt.pt or --init_from=gpt2")
@@ -58,21 +64,25 @@ def prompts_from(c, meta):
     text = c.start
     if text.startswith('FILE:'):
         if not os.path.isfile(text[5:]):
-            raise FileNotFoundError(f"--start={text}: no such file (FILE: reads the prompt from a text file)")
+            raise FileNotFoundError(f"--start={text}: no such file "
+                                    f"(FILE: reads the prompt from a text file)")
         try:
             with open(text[5:], encoding='utf-8') as f:
                 text = f.read()
         except UnicodeDecodeError:
-            raise ValueError(f"--start={text}: not a UTF-8 text file; save the prompt as plain text") from None
+            raise ValueError(f"--start={text}: not a UTF-8 text file; "
+                             f"save the prompt as plain text") from None
     if not text.strip():
         raise ValueError("the prompt is empty: give one with --start=... or --start=FILE:path")
-    if meta['tokenizer'] == 'char':  # a toy task: "31415 R" per prompt, separated by commas or lines
+    # a toy task: "31415 R" per prompt, separated by commas or lines
+    if meta['tokenizer'] == 'char':
         parts = [p.strip() for p in text.replace('\n', ',').split(',') if p.strip()]
         if not parts:
             raise ValueError(f"--start={c.start!r} holds no prompt; write e.g. --start='31415 R'")
         return [(p, toy.parse_prompt(p, meta)) for p in parts]
     tok = get_tokenizer(meta)
-    if 'template' in meta:  # a summarization model: wrap the text the way its training prompts were
+    # a summarization model: wrap the text the way its training prompts were
+    if 'template' in meta:
         text = meta['template'].format(text=text.strip())
     return [(text, tok.encode(text, allowed_special={'<|endoftext|>'}))]
 
@@ -80,8 +90,9 @@ def prompts_from(c, meta):
 def main(argv=None):
     from types import SimpleNamespace
     c = SimpleNamespace(**configure(DEFAULTS, sys.argv[1:] if argv is None else argv))
-    check_ranges(vars(c), {'>= 0': 'temperature top_k max_new_tokens threads', '>= 1': 'num_samples'})
-    check_device(c.device)
+    check_ranges(vars(c), {'>= 0': 'temperature top_k max_new_tokens threads',
+                           '>= 1': 'num_samples'})
+    c.device = pick_device(c.device)
     if c.threads > 0:
         torch.set_num_threads(c.threads)
     model, meta = load(c)
@@ -90,16 +101,20 @@ def main(argv=None):
     examples = [{'prompt': ids} for _, ids in prompts for _ in range(c.num_samples)]
     idx, valid = collate_prompts(examples, c.device, pad_id=meta['pad'])
     block = model.config.block_size
-    n_new = c.max_new_tokens or meta.get('max_answer') or (20 if meta['tokenizer'] == 'char' else 100)
+    n_new = (c.max_new_tokens or meta.get('max_answer')
+             or (20 if meta['tokenizer'] == 'char' else 100))
     n_new = min(n_new, block - idx.size(1))
     if n_new < 1:
-        raise ValueError(f"the prompt has {idx.size(1)} tokens: no room left in block_size {block}; shorten it")
-    g = torch.Generator(device=c.device).manual_seed(c.seed)  # sampling never touches the global RNG
+        raise ValueError(f"the prompt has {idx.size(1)} tokens: "
+                         f"no room left in block_size {block}; shorten it")
+    # sampling never touches the global RNG
+    g = torch.Generator(device=c.device).manual_seed(c.seed)
     out = model.generate(idx, n_new, temperature=c.temperature, top_k=c.top_k or None, valid=valid,
                          stop_token=meta['eos'], generator=g)
     tok = get_tokenizer(meta) if meta['tokenizer'] != 'char' else None
     results = []
-    for (shown, _), row in zip([p for p in prompts for _ in range(c.num_samples)], out[:, idx.size(1):].tolist()):
+    for (shown, _), row in zip([p for p in prompts for _ in range(c.num_samples)],
+                               out[:, idx.size(1):].tolist()):
         row = row[:row.index(meta['eos'])] if meta['eos'] in row else row
         answer = toy.format_answer(row, meta) if tok is None else tok.decode(row)
         results.append(answer)
@@ -108,4 +123,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    runtime.run_main(main)  # a bad setting, prompt or file: one line `error: ...` that says what to do
+    # a bad setting, prompt or file: one line `error: ...` that says what to do
+    runtime.run_main(main)

@@ -8,13 +8,13 @@ Train a model on prompt -> answer examples, with one of four methods:
               loss on the prompt's hidden states (bai.py)
   bitune_bai  both: Bitune, plus the BAI loss on the states of one of its prompt passes
 
-    python train.py                                   # Bitune on the toy task, a few minutes on a CPU
+    python train.py                                   # Bitune on the toy task: minutes on a CPU
     python train.py --method=causal                   # the baseline, same budget
     python train.py config/lab_toy.py --seed=2        # a config file, then overrides
     python train.py config/dialogsum_gpt2.py --peft=dora --out_dir=out-dora-{method}
     python train.py --init_from=resume --out_dir=out  # continue a stopped run exactly
     python train.py --overwrite=True                  # start over in an out_dir that holds a run
-    torchrun --standalone --nproc_per_node=4 train.py # the same run on 4 GPUs (utils/distributed.py)
+    torchrun --standalone --nproc_per_node=4 train.py # the same run on 4 GPUs
 
 Every setting is a plain global below; `--key=value` or a config file overrides it (configurator.py
 checks names and types).
@@ -38,6 +38,7 @@ from configurator import check_train_config, configure, pick_device, pick_dtype
 from data.tasks import check_fits, collate, task_from_config
 from model import configure_optimizers, count_params
 from utils import distributed, rundir
+from utils.rundir import StopTraining, check_finite
 from utils.checkpoint import new_or_resumed, restore_state, save_run
 from utils.evaluate import evaluate_task
 from utils.plot import plot_run
@@ -45,11 +46,11 @@ from utils.plot import plot_run
 # -----------------------------------------------------------------------------
 # I/O
 out_dir = 'out'          # may name settings in braces: 'out-{method}-s{seed}'
-eval_interval = 250      # evaluate (val loss + task metric) and checkpoint every this many iterations
+eval_interval = 250      # evaluate (val loss + task metric) and checkpoint every this many steps
 eval_iters = 10          # val batches averaged for the val loss
 eval_examples = 200      # val examples scored by generation (exact match / ROUGE)
 eval_max_new_tokens = 0  # tokens generated per example at evaluation; 0 = the longest val answer
-init_from = 'scratch'    # 'scratch' | 'resume' | 'gpt2'... | a GPT-2 directory | a base checkpoint .pt
+init_from = 'scratch'    # 'scratch' | 'resume' | 'gpt2'... | a GPT-2 folder | a base's ckpt.pt
 overwrite = False        # a fresh run where a run is: False refuses, True deletes its log and ckpt
 # data
 dataset = 'toy'          # 'toy' (generated) or a folder under data/ written by its prepare.py
@@ -71,9 +72,9 @@ bai_schedule = 'constant'  # 'constant' | 'linear' | 'exp' (see bai.py)
 bai_eta = 1.0
 bai_gamma = 0.5
 bai_phi = 1000.0
-bai_layer = -2           # pivots: -2 the block before the last (bai.py says why), -1 after ln_f, or 0..
+bai_layer = -2           # pivots: -2 the block before the last (bai.py: why), -1 after ln_f, or 0..
 bai_loss = 'mse'         # 'mse' | 'cosine' | 'ce'
-bai_pivots = 'A'         # bitune_bai only: pivots from Bitune's bidirectional Pass 'A' or causal 'B'
+bai_pivots = 'A'         # bitune_bai only: pivots from Bitune's bidirectional Pass 'A' or causal B
 bai_detach_target = True
 # model (ignored when init_from loads a model)
 n_layer = 4
@@ -83,7 +84,7 @@ block_size = 64
 dropout = 0.0
 bias = True
 # parameter-efficient fine-tuning (adapters.py)
-peft = 'none'            # 'none': train every weight | 'lora' | 'dora' | 'ia3': frozen base + adapters
+peft = 'none'            # 'none': train every weight | 'lora' | 'dora' | 'ia3': a frozen base
 lora_r = 8               # lora_* are LoRA's and DoRA's settings; IA3 has no rank and fixed places
 lora_alpha = 8           # (keys, values, MLP activation). scale = lora_alpha / lora_r
 lora_dropout = 0.0
@@ -125,7 +126,7 @@ def lr_at(it, c):
 
 
 def bai_weight_at(it, c):
-    """lambda * Lambda(t), the weight of BAI's awareness loss at iteration it (0 for other methods)."""
+    """lambda * Lambda(t), the weight of BAI's awareness loss at iteration it (0 for the others)."""
     if c.method not in ('bai', 'bitune_bai'):
         return 0.0
     return c.bai_lambda * bai.schedule(it, c.bai_schedule, eta=c.bai_eta, gamma=c.bai_gamma,
@@ -166,8 +167,8 @@ def compile_blocks(gpt):
 
 @torch.no_grad()
 def evaluate(model, gpt, task, c, dev, ctx, bai_weight):
-    """Val loss over eval_iters batches (the same ones every time), then the task metric by generation,
-    eagerly (generation's shapes change at every token: compiled, it would recompile at each)."""
+    """Val loss over eval_iters batches (the same ones every time), then the task metric by
+    generation, eagerly (generation's shapes change at every token: it would recompile at each)."""
     model.eval()
     val_set, meta = task['val'], task['meta']
     g = torch.Generator().manual_seed(0)
@@ -178,14 +179,14 @@ def evaluate(model, gpt, task, c, dev, ctx, bai_weight):
             batch = collate([val_set[i] for i in ids], dev, meta['pad'])
             with ctx:
                 losses.append(batch_loss(model, gpt, batch, c, bai_weight)[1]['ce_loss'])
-        scores, lines = evaluate_task(model, val_set[:c.eval_examples], meta, dev,
-                                      batch_size=c.batch_size, max_new_tokens=c.eval_max_new_tokens or None)
+        scores, lines = evaluate_task(model, val_set[:c.eval_examples], meta, dev, c.batch_size,
+                                      max_new_tokens=c.eval_max_new_tokens or None)
     model.train()
     return sum(losses) / len(losses), scores, lines
 
 
 def log_evaluation(model, c, evaluation, done, lr, bai_weight, recent, tokens_per_s, elapsed):
-    """Append one row to log.jsonl and print it. Train numbers: means over the steps since the last row."""
+    """Append one row to log.jsonl and print it. Train numbers: means over the steps since then."""
     val_loss, scores, lines = evaluation
     row = {'iter': done, 'val_loss': val_loss, **scores, 'lr': lr, 'tokens_per_s': tokens_per_s,
            'elapsed_s': elapsed}
@@ -207,23 +208,28 @@ def log_evaluation(model, c, evaluation, done, lr, bai_weight, recent, tokens_pe
         tqdm.write(f"    {line}")
 
 
-class StopTraining(Exception):
-    """The run cannot go on (e.g. the loss is no longer finite); the message says why and what to do."""
-
-
-def check_finite(what, value, it, c, saved, model=None):
-    """Stop a run whose numbers are no longer finite, saying truthfully whether a good checkpoint
-    exists. A checkpoint is only ever written of a finite model (model: its weights are checked)."""
-    if not math.isfinite(value):
-        problem = f"{what} became {value}"
-    elif model is not None and not all(p.isfinite().all() for p in model.parameters()):
-        problem = "the weights are no longer finite"
-    else:
-        return
-    kept = (f"{c.out_dir}/ckpt.pt keeps the last finite model (iteration {saved})" if saved
-            else "no checkpoint was written")
-    raise StopTraining(f"{problem} at iteration {it}; {kept}. Try a lower learning_rate, "
-                       f"grad_clip=1.0, or dtype='float32'.")
+def forward_backward(train_step, gpt, micro, c, ctx, scaler, bai_weight, world):
+    """One step's gradients from its micro-batches (gradient accumulation), each weighted by its
+    share of the step's answer tokens, so the step's loss is a token-weighted mean whatever the
+    split. Returns the step's loss, its logged numbers and its tokens, over every process."""
+    n_answer = int(distributed.all_sum([sum(int(b['answer_len'].sum()) for b in micro)])[0])
+    step_loss, logged, step_tokens = 0.0, {}, 0
+    for i, batch in enumerate(micro):
+        with distributed.no_sync(train_step, sync=i == len(micro) - 1):  # one all-reduce a step
+            with ctx:
+                loss, numbers = train_step(gpt, batch, c, bai_weight)
+            share = int(batch['answer_len'].sum()) / n_answer
+            # DDP averages the processes' gradients; times world turns that into their sum
+            scaler.scale(loss * (share * world)).backward()
+        step_loss += loss.item() * share
+        for k, v in numbers.items():
+            logged[k] = logged.get(k, 0.0) + v * share
+        step_tokens += int(batch['valid'].sum())
+    if world > 1:  # every process logs (and checks) the whole step's numbers, as one process would
+        step_loss, *values, step_tokens = distributed.all_sum([step_loss, *logged.values(),
+                                                               step_tokens])
+        logged = dict(zip(logged, values))
+    return step_loss, logged, step_tokens
 
 
 def main(argv=None):
@@ -237,13 +243,14 @@ def main(argv=None):
         torch.set_num_threads(c.threads)
     rank, world, dev = distributed.setup(pick_device(c.device))  # (0, 1, device) without torchrun
     if c.batch_size < world:  # each process takes a slice of every micro-batch
-        raise ValueError(f"batch_size={c.batch_size} leaves some of the {world} processes without examples")
+        raise ValueError(f"batch_size={c.batch_size} leaves some of the {world} processes without "
+                         f"examples")
     device_type = 'cuda' if dev.startswith('cuda') else dev
     dtype = pick_dtype(c.dtype, dev)
     # autocast runs matmuls in bf16/fp16 while the weights and the optimizer stay in float32
     ctx = (nullcontext() if dtype == 'float32'
            else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
-    scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')  # fp16 needs loss scaling
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')  # fp16: loss scaling
     task = task_from_config(vars(c))
     meta, train_set = task['meta'], task['train']
     torch.manual_seed(c.seed)
@@ -259,21 +266,17 @@ def main(argv=None):
           f"{trainable:,} trainable; device {dev}, {dtype}")
     optimizer = configure_optimizers(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2),
                                      device_type, eps=c.adam_eps)
-    data_rng = torch.Generator().manual_seed(c.seed)  # batches come from here, never shifted by evaluation
-    iter_num = saved = 0  # saved: the iteration of the last checkpoint on disk (0: none)
-    if ckpt is not None:
-        iter_num = saved = restore_state(ckpt, optimizer, data_rng)
-        if rank == 0:  # the one process that writes the log
-            rundir.trim_log(c.out_dir, iter_num)  # rows after the checkpoint will be logged again
-        print(f"resumed from {c.out_dir}/ckpt.pt at iteration {iter_num}")
-    elif c.overwrite and rank == 0:
-        rundir.start_fresh(c.out_dir)  # check_out_dir refused an old run here unless overwrite=True
+    data_rng = torch.Generator().manual_seed(c.seed)  # batches: never shifted by evaluation
+    # a resumed run goes on with the optimizer and random states where it stopped
+    iter_num = saved = restore_state(ckpt, optimizer, data_rng) if ckpt else 0  # saved: on disk
+    if rank == 0:
+        rundir.open_run(c.out_dir, iter_num if ckpt else None, c.overwrite)
     if rank > 0:  # its own dropout masks; a resumed run derives them from the iteration
         torch.manual_seed(c.seed + rank + world * iter_num)
     if c.compile:
         compile_blocks(gpt)
-    # batch_loss(model, ...), through DDP under torchrun; Bitune leaves some parameters without gradients
-    train_step = distributed.wrap(model, batch_loss, dev, unused_parameters=c.method.startswith('bitune'))
+    # batch_loss(model, ...), through DDP under torchrun; Bitune leaves some parameters unused
+    train_step = distributed.wrap(model, batch_loss, dev, c.method.startswith('bitune'))
 
     # ---- the training loop
     model.train()
@@ -281,71 +284,58 @@ def main(argv=None):
     if iter_num == 0 and rank == 0:  # where training starts from: alpha = 0.5, an untrained model
         log_evaluation(model, c, evaluate(model, gpt, task, c, dev, ctx, 0.0), 0, 0.0, 0.0, recent,
                        0.0, time.time() - t_start)
-    with tqdm(range(iter_num, c.max_iters), initial=iter_num, total=c.max_iters, desc=c.method,
-              dynamic_ncols=True, mininterval=1.0, disable=rank > 0) as bar:  # closed on failure too
-        for it in bar:
-            t_step = time.time()
-            lr = lr_at(it, c)
-            for group in optimizer.param_groups:
-                group['lr'] = lr
-            bai_weight = bai_weight_at(it, c)
-            # every micro-batch first, so each can be weighted by its share of the step's answer tokens.
-            # Every process draws the same batch_size examples (data_rng is seeded alike) and keeps its own
-            # slice, so N processes see exactly the examples one process would.
-            mine = slice(rank * c.batch_size // world, (rank + 1) * c.batch_size // world)
-            picks = [torch.randint(len(train_set), (c.batch_size,), generator=data_rng)[mine].tolist()
-                     for _ in range(c.gradient_accumulation_steps)]
-            micro = [collate([train_set[i] for i in ids], dev, meta['pad']) for ids in picks]
-            n_answer = int(distributed.all_sum([sum(int(b['answer_len'].sum()) for b in micro)])[0])
-            step_loss, logged, step_tokens = 0.0, {}, 0
-            for i, batch in enumerate(micro):
-                with distributed.no_sync(train_step, sync=i == len(micro) - 1):  # one all-reduce per step
-                    with ctx:
-                        loss, numbers = train_step(gpt, batch, c, bai_weight)
-                    share = int(batch['answer_len'].sum()) / n_answer  # token-weighted mean over the step
-                    # DDP averages the processes' gradients; times world turns that into their sum
-                    scaler.scale(loss * (share * world)).backward()
-                step_loss += loss.item() * share
-                for k, v in numbers.items():
-                    logged[k] = logged.get(k, 0.0) + v * share
-                step_tokens += int(batch['valid'].sum())
-            if world > 1:  # every process logs (and checks) the whole step's numbers, as one would
-                step_loss, *values, step_tokens = distributed.all_sum([step_loss, *logged.values(), step_tokens])
-                logged = dict(zip(logged, values))
-            tokens_seen += step_tokens
-            check_finite("the loss", step_loss, it, c, saved)
-            if c.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            recent.append(logged)
-            train_time += time.time() - t_step
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.1e}", refresh=False)
+    bar = tqdm(range(iter_num, c.max_iters), initial=iter_num, total=c.max_iters, desc=c.method,
+               dynamic_ncols=True, mininterval=1.0, disable=rank > 0)
+    for it in bar:
+        t_step = time.time()
+        lr = lr_at(it, c)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        bai_weight = bai_weight_at(it, c)
+        # Every process draws the same batch_size examples (data_rng is seeded alike) and keeps its
+        # own slice, so N processes see exactly the examples one process would.
+        mine = slice(rank * c.batch_size // world, (rank + 1) * c.batch_size // world)
+        picks = [torch.randint(len(train_set), (c.batch_size,), generator=data_rng)[mine].tolist()
+                 for _ in range(c.gradient_accumulation_steps)]
+        micro = [collate([train_set[i] for i in ids], dev, meta['pad']) for ids in picks]
+        step_loss, logged, step_tokens = forward_backward(train_step, gpt, micro, c, ctx, scaler,
+                                                          bai_weight, world)
+        tokens_seen += step_tokens
+        check_finite("the loss", step_loss, it, c, saved, bar)
+        if c.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        recent.append(logged)
+        train_time += time.time() - t_step
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.1e}", refresh=False)
 
-            done = it + 1
-            if done % c.eval_interval == 0 or done == c.max_iters:
-                if rank == 0:
-                    evaluation = evaluate(model, gpt, task, c, dev, ctx, bai_weight)
-                    log_evaluation(model, c, evaluation, done, lr, bai_weight, recent,
-                                   tokens_seen / max(train_time, 1e-9), time.time() - t_start)
-                    check_finite("the val loss", evaluation[0], done, c, saved, model)
-                    save_run(f"{c.out_dir}/ckpt.pt", model, gpt, optimizer, done, run_cfg, meta, data_rng)
-                saved = done
-                distributed.barrier()  # the other processes wait while rank 0 evaluates and saves
+        done = it + 1
+        if done % c.eval_interval == 0 or done == c.max_iters:
+            if rank == 0:
+                evaluation = evaluate(model, gpt, task, c, dev, ctx, bai_weight)
+                log_evaluation(model, c, evaluation, done, lr, bai_weight, recent,
+                               tokens_seen / max(train_time, 1e-9), time.time() - t_start)
+                check_finite("the val loss", evaluation[0], done, c, saved, bar, model)
+                save_run(f"{c.out_dir}/ckpt.pt", model, gpt, optimizer, done, run_cfg, meta,
+                         data_rng)
+            saved = done
+            distributed.barrier()  # the other processes wait while rank 0 evaluates and saves
+    bar.close()
     distributed.teardown()
     if rank > 0:
         return None
 
     # ---- the end: pictures and a summary
-    if c.compile:  # a handful of graphs, or some shape or Python value leaks into the compiled blocks
+    if c.compile:  # a handful of graphs, or a shape or Python value leaks into the compiled blocks
         from torch._dynamo.utils import counters
         print(f"torch.compile built {counters['stats']['unique_graphs']} graphs "
               f"({sum(counters['graph_break'].values())} graph breaks)")
     written = plot_run(c.out_dir)
     last = rundir.read_log(c.out_dir)[-1]
-    summary = ', '.join(f"{k} {last[k]:.1f}" for k in last if k == 'exact_match' or k.startswith('rouge'))
+    summary = ', '.join(f"{k} {v:.1f}" for k, v in last.items() if k.startswith(('exact', 'rouge')))
     print(f"done: {c.method} on {meta['name']}, {last['iter']} iterations in "
           f"{time.time() - t_start:.0f}s; val loss {last['val_loss']:.4f}; {summary}")
     print(f"checkpoint {c.out_dir}/ckpt.pt; plots {', '.join(written)}")

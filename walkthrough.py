@@ -1,9 +1,10 @@
 """
 One batch of two toy prompts of different lengths, traced through Bitune and BAI.
 
-    python walkthrough.py                                  # a random 2-layer GPT: every step's real tensors
-    python walkthrough.py --ckpt=out/ckpt.pt               # the model of a toy Bitune run (train.py's default)
-    python walkthrough.py --plot=docs/figures/passes.png   # also draw the masks of Passes A, B and C
+    python walkthrough.py                     # a random 2-layer GPT: every step's real tensors
+    python walkthrough.py --ckpt=out/ckpt.pt  # the model of a toy Bitune run (train.py's default)
+    # also draw the masks of Passes A, B and C
+    python walkthrough.py --plot=docs/figures/passes.png
 
 Nothing here re-implements a step: the real functions run (Bitune.pass_a, pass_b, mix, pass_c,
 bai.pivots, equalize, awareness_loss, and model.attention_mask inside GPT.body), each wrapped
@@ -35,8 +36,10 @@ from utils.plot import save_png
 ckpt = ''  # a toy Bitune checkpoint from train.py; '' = a random 2-layer model
 plot = ''  # a .png path: draw the three passes' attention masks there
 DEFAULTS = {'ckpt': ckpt, 'plot': plot}
-PROMPTS = [('3141', 'R'), ('271828', 'S')]  # prompts of 7 and 9 tokens, answers of 5 and 7 (data: 4-12 symbols)
-SETTINGS = dict(init_from='scratch', method='bitune', peft='none', bitune_variant='full', bitune_theta_init=0.01,
+# prompts of 7 and 9 tokens, answers of 5 and 7 (data: 4-12 symbols)
+PROMPTS = [('3141', 'R'), ('271828', 'S')]
+SETTINGS = dict(init_from='scratch', method='bitune', peft='none',
+                bitune_variant='full', bitune_theta_init=0.01,
                 n_layer=2, n_head=2, n_embd=16, block_size=32, dropout=0.0, bias=True,
                 lora_r=8, lora_alpha=8, lora_dropout=0.0, lora_targets='c_attn,c_proj,c_fc')
 
@@ -82,7 +85,8 @@ def nums(t, fmt='{:+.3f}'):
 
 
 def trace_bitune(bitune, batch, meta):
-    """Bitune.forward on the batch, every pass recorded; prints steps 1-6 and returns what the plot needs."""
+    """Bitune.forward on the batch, every pass recorded; prints steps 1-6 and returns what the
+    plot needs."""
     # and the mask GPT.body builds for each pass
     with recording(bitune, 'pass_a', 'pass_b', 'mix', 'pass_c') as calls, \
             recording(model_module, 'attention_mask') as masks:
@@ -101,36 +105,46 @@ def trace_bitune(bitune, batch, meta):
               f"pos {nums(pos_a[b], '{}')}")
     print(f"2. Pass A: bidirectional mask, adapter {bitune.a_adapter!r}: K and V per layer, each "
           f"{tuple(kv_a[0][0].shape)} = (batch, heads, prefix columns, head size)")
-    print(f"3. Pass B: causal mask, adapter {bitune.causal_adapter!r} (the base weights): K and V of the same shape")
-    print("   max |K_A - K_B| per column of row 1 (layer 0: the adapter alone, K/V come before attention)")
+    print(f"3. Pass B: causal mask, adapter {bitune.causal_adapter!r} (the base weights): "
+          f"K and V of the same shape")
+    print("   max |K_A - K_B| per column of row 1 "
+          "(layer 0: the adapter alone, K/V come before attention)")
     for l in range(len(kv_a)):
         diff = (kv_a[l][0][1] - kv_b[l][0][1]).abs().amax(dim=(0, 2))  # (Tp,)
         print(f"   layer {l}  " + ' '.join(f'{d:.4f}' for d in diff.tolist()))
-    print(f"4. mix, per layer: K = (1 - alpha_k) K_B + alpha_k K_A, V likewise")
+    print("4. mix, per layer: K = (1 - alpha_k) K_B + alpha_k K_A, V likewise")
     print(f"   alpha_k {nums(a_k, '{:.3f}')}   alpha_v {nums(a_v, '{:.3f}')}")
     l = len(kv_a) - 1
     print(f"   layer {l}, row 0, head 0, column 0, K[:3]:  A {nums(kv_a[l][0][0, 0, 0, :3])}  "
           f"B {nums(kv_b[l][0][0, 0, 0, :3])}  mixed {nums(mixed[l][0][0, 0, 0, :3])}")
     Tc = tokens_c.size(1)
-    print(f"5. Pass C: the last prompt token and the answer without its end token, at their own positions,")
-    print(f"   causal over [mixed prefix ; own] = {Tp} + {Tc} keys, adapter {bitune.causal_adapter!r}")
+    print("5. Pass C: the last prompt token and the answer without its end token, "
+          "at their own positions,")
+    print(f"   causal over [mixed prefix ; own] = {Tp} + {Tc} keys, "
+          f"adapter {bitune.causal_adapter!r}")
     for b in range(B):
         own = valid_c[b, Tp:]
         print(f"   row {b}  tokens {text(tokens_c[b], meta, own)}  pos {nums(pos_c[b], '{:2d}')}  "
-              f"targets {text(tgt[b].clamp(min=0), meta, tgt[b] >= 0)}  key valid {bits(valid_c[b, :Tp])}|{bits(own)}")
+              f"targets {text(tgt[b].clamp(min=0), meta, tgt[b] >= 0)}  "
+              f"key valid {bits(valid_c[b, :Tp])}|{bits(own)}")
     n = int((tgt >= 0).sum())
-    print(f"6. loss: cross-entropy of Pass C's logits {tuple(logits.shape)} over the {n} answer tokens = {loss.item():.4f}")
+    print(f"6. loss: cross-entropy of Pass C's logits {tuple(logits.shape)} "
+          f"over the {n} answer tokens = {loss.item():.4f}")
     # the recorded pieces add up to the loss Bitune.forward returned
     assert torch.equal(loss_c, loss)
-    assert torch.allclose(F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-1), loss)
+    assert torch.allclose(F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-1),
+                          loss)
     for (ka, va), (kb, vb), (km, vm), l in zip(kv_a, kv_b, mixed, range(len(mixed))):
-        assert torch.allclose(km, (1 - a_k[l]) * kb + a_k[l] * ka) and torch.allclose(vm, (1 - a_v[l]) * vb + a_v[l] * va)
+        assert (torch.allclose(km, (1 - a_k[l]) * kb + a_k[l] * ka)
+                and torch.allclose(vm, (1 - a_v[l]) * vb + a_v[l] * va))
     assert kv_c is mixed
-    for b in range(B):  # Pass C read row b's columns P_b - 1 .. P_b + A_b - 2, and predicts its answer
+    # Pass C read row b's columns P_b - 1 .. P_b + A_b - 2, and predicts its answer
+    for b in range(B):
         p, a = int(P[b]), int(A[b])
         assert torch.equal(tokens_c[b, :a], batch['idx'][b, p - 1:p + a - 1])
         assert torch.equal(tgt[b, :a], batch['idx'][b, p:p + a])
-    masks = [m for _, m in masks['attention_mask']]  # Pass A, Pass B, Pass C: (B, 1, queries, keys) each
+    # Pass A, Pass B, Pass C: (B, 1, queries, keys) each
+    masks = [m for _, m in masks['attention_mask']]
     return masks, (prefix, valid_a, tokens_c, valid_c)
 
 
@@ -144,37 +158,43 @@ def trace_bai(gpt, batch, meta, weight=1.0, layer=-2, kind='mse'):
     _, l_rec = calls['awareness_loss'][0]
     B = E.size(0)
     L = gpt.config.n_layer
-    print(f"BAI (bai.py): bai.compute_loss(gpt, batch, weight={weight}, layer={layer}, kind={kind!r}): "
-          f"one causal forward, no adapter")
+    print(f"BAI (bai.py): bai.compute_loss(gpt, batch, weight={weight}, layer={layer}, "
+          f"kind={kind!r}): one causal forward, no adapter")
     print(f"1. pivots E {tuple(E.shape)}: the output of block {layer + L} at the prompt columns")
     for b in range(B):
-        print(f"   row {b}  {text(batch['idx'][b, :E.size(1)], meta, pivot_valid[b])}  pivot_valid {bits(pivot_valid[b])}")
+        print(f"   row {b}  {text(batch['idx'][b, :E.size(1)], meta, pivot_valid[b])}  "
+              f"pivot_valid {bits(pivot_valid[b])}")
     print(f"2. targets D = wte(answer tokens) {tuple(D.shape)}, detached:  "
           + '   '.join(f"row {b} {text(tokens[b], meta, answer_valid[b])}" for b in range(B)))
-    print(f"3. S = softmax(D E^T / sqrt({D.size(-1)})) {tuple(S.shape)}, E_hat = S E {tuple(E_hat.shape)}; "
-          f"row 0's first rows (columns: its pivots):")
+    print(f"3. S = softmax(D E^T / sqrt({D.size(-1)})) {tuple(S.shape)}, "
+          f"E_hat = S E {tuple(E_hat.shape)}; row 0's first rows (columns: its pivots):")
     for j in range(3):
         print(f"   answer {text(tokens[0, j:j + 1], meta)}  {nums(S[0, j], '{:.3f}')}")
-    print(f"4. awareness loss ({kind}, over the {int(answer_valid.sum())} real answer positions) = {l_bai.item():.4f}")
+    print(f"4. awareness loss ({kind}, over the {int(answer_valid.sum())} real answer positions) "
+          f"= {l_bai.item():.4f}")
     print(f"5. total = CE {ce.item():.4f} + {weight} x {l_bai.item():.4f} = {total.item():.4f}")
     assert l_rec is l_bai and torch.allclose(total, ce + weight * l_rec)
-    assert torch.allclose(S.sum(-1), torch.ones_like(S[..., 0])) and (S[~pivot_valid[:, None, :].expand_as(S)] == 0).all()
+    assert (torch.allclose(S.sum(-1), torch.ones_like(S[..., 0]))
+            and (S[~pivot_valid[:, None, :].expand_as(S)] == 0).all())
 
 
 def plot_masks(path, masks, pieces, meta):
-    """Passes A, B and C's masks as GPT.body built them: one row per example, one column per pass."""
+    """Passes A, B and C's masks as GPT.body built them: a row per example, a column per pass."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     prefix, valid_a, tokens_c, valid_c = pieces
     Tp = prefix.size(1)
     B = prefix.size(0)
-    titles = ['Pass A: prefix, bidirectional', 'Pass B: prefix, causal', 'Pass C: mixed prefix ; own tokens']
-    fig, axes = plt.subplots(B, 3, figsize=(15, 4.2 * B), gridspec_kw={'width_ratios': [Tp, Tp, 2 * Tp + 2]})
+    titles = ['Pass A: prefix, bidirectional', 'Pass B: prefix, causal',
+              'Pass C: mixed prefix ; own tokens']
+    fig, axes = plt.subplots(B, 3, figsize=(15, 4.2 * B),
+                             gridspec_kw={'width_ratios': [Tp, Tp, 2 * Tp + 2]})
     for b in range(B):
         q_prefix = list(text(prefix[b], meta, valid_a[b]))
         q_c = list(text(tokens_c[b], meta, valid_c[b, Tp:]))
-        for col, (mask, queries, keys) in enumerate([(masks[0], q_prefix, q_prefix), (masks[1], q_prefix, q_prefix),
+        for col, (mask, queries, keys) in enumerate([(masks[0], q_prefix, q_prefix),
+                                                     (masks[1], q_prefix, q_prefix),
                                                      (masks[2], q_c, q_prefix + q_c)]):
             ax = axes[b][col]
             ax.imshow(mask[b, 0].numpy(), cmap='Greys', vmin=0, vmax=1.6)
@@ -185,8 +205,9 @@ def plot_masks(path, masks, pieces, meta):
             ax.set_title(f"row {b}: {titles[col]}", fontsize=11)
             if col == 2:
                 ax.axvline(Tp - 0.5, color='C3', lw=2)
-    fig.suptitle("attention masks built by model.attention_mask for one batch (grey = may attend; no query sees a "
-                 "padding key but itself; red line: mixed prefix | Pass C's own)", fontsize=12)
+    fig.suptitle("attention masks built by model.attention_mask for one batch "
+                 "(grey = may attend; no query sees a padding key but itself; "
+                 "red line: mixed prefix | Pass C's own)", fontsize=12)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     save_png(fig, path, dpi=90)
@@ -196,13 +217,15 @@ def plot_masks(path, masks, pieces, meta):
 def main(argv=None):
     c = SimpleNamespace(**configure(DEFAULTS, sys.argv[1:] if argv is None else argv))
     if c.plot and not c.plot.endswith('.png'):
-        raise ValueError(f"--plot={c.plot!r}: give a .png path, e.g. --plot=docs/figures/passes.png")
+        raise ValueError(f"--plot={c.plot!r}: give a .png path, "
+                         f"e.g. --plot=docs/figures/passes.png")
     if c.ckpt:
         bitune, gpt, saved = model_from_checkpoint(c.ckpt)
         meta = saved['meta']
-        if meta['tokenizer'] != 'char' or not isinstance(bitune, Bitune) or not bitune.has_pass_b:
-            raise ValueError(f"{c.ckpt}: walkthrough.py traces a toy Bitune run with Passes A and B "
-                             f"(train.py's default: method bitune, variant full)")
+        if (meta['tokenizer'] != 'char' or not isinstance(bitune, Bitune)
+                or not bitune.has_pass_b):
+            raise ValueError(f"{c.ckpt}: walkthrough.py traces a toy Bitune run with Passes A and "
+                             f"B (train.py's default: method bitune, variant full)")
         what = f"The model in {c.ckpt}"
     else:
         meta = toy.toy_meta()

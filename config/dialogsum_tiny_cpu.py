@@ -13,7 +13,8 @@
 #        loss.png, metric.png, ckpt.pt (the whole model, ~40 MB)
 # time:  1 min 10 s with one thread (OMP_NUM_THREADS=1) on a 2-core Intel Xeon @ 2.60 GHz at load
 #        average 6 (35 s of CPU time); README.md says how threads change that. Training runs the
-#        output layer (50,257 logits) on summary tokens only, so the two small blocks are not dwarfed by it.
+#        output layer (50,257 logits) on summary tokens only, so the two small blocks are not
+#        dwarfed by it.
 
 out_dir = 'out-dialogsum-tiny'
 dataset = 'dialogsum'
@@ -28,7 +29,8 @@ peft = 'none'            # a random model has nothing worth freezing: train ever
 n_layer = 2
 n_head = 2
 n_embd = 64
-block_size = 1024        # prepare.py fits every example into 1024 tokens (val prompts: 896 + 128 to generate)
+block_size = 1024        # prepare.py fits every example into 1024 tokens
+                         # (val prompts: 896 + 128 to generate)
 dropout = 0.0
 
 learning_rate = 6e-3     # high, because the run is short; much higher makes the loss spike

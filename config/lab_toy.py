@@ -14,7 +14,7 @@ toy_max_len = 12
 toy_n_symbols = 10
 toy_n_train = 20000
 toy_n_val = 500
-toy_seed = 1337            # the same data for every run; `seed` (set by labs/labs.py) varies the training
+toy_seed = 1337            # the same data for every run; `seed` (set by labs.py) varies training
 # model: train.py's default toy size
 n_layer = 4
 n_head = 4

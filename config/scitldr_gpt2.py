@@ -2,22 +2,24 @@
 # with LoRA adapters on the frozen model.
 # One file for the three arms of the lab; the method comes from the command line:
 #
-#   python data/scitldr/prepare.py                # once (add --src DIR when offline)
-#   python train.py config/scitldr_gpt2.py --method=causal    # the baseline: ordinary LoRA fine-tuning
-#   python train.py config/scitldr_gpt2.py --method=bitune    # Bitune (arXiv 2405.14862)
-#   python train.py config/scitldr_gpt2.py --method=bai       # BAI (arXiv 2408.13959, our reconstruction)
+#   python data/scitldr/prepare.py                          # once (add --src DIR when offline)
+#   python train.py config/scitldr_gpt2.py --method=causal  # the baseline: plain LoRA fine-tuning
+#   python train.py config/scitldr_gpt2.py --method=bitune  # Bitune (arXiv 2405.14862)
+#   python train.py config/scitldr_gpt2.py --method=bai     # BAI (arXiv 2408.13959, our version)
 #
 # takes: data/scitldr/ prepared with the default --block_size 1024 --max_answer 128, and
 #        GPT-2's weights (downloaded once, about 500 MB, into ~/.cache/nanobidir/gpt2)
 # gives: out-scitldr-gpt2-<method>/log.jsonl with val loss and ROUGE-1/2/L (greedy summaries of
 #        200 val abstracts) at every evaluation, loss.png, metric.png, ckpt.pt (adapters only)
-# time:  not measured; our estimate for one A100/H100-class GPU, evaluations
-#        included: about 4 minutes for LoRA and BAI, about 7 for Bitune (it reads each prompt twice).
+# time:  not measured; our estimate for one A100/H100-class GPU, evaluations included: about
+#        4 minutes for LoRA and BAI, about 7 for Bitune (it reads each prompt twice).
 
-method = 'bitune'        # Bitune: variant 'full', theta_init 0.01 (train.py's defaults, see bitune.py).
-                         # BAI: lambda 1, constant schedule, MSE on the final hidden states (train.py's
-                         # untuned defaults; watch bai_loss in the log and lower bai_lambda if it dominates)
-out_dir = 'out-scitldr-gpt2-{method}'  # train.py fills in {method}, so the three arms never share a folder
+method = 'bitune'        # Bitune: variant 'full', theta_init 0.01 (train.py's defaults, see
+                         # bitune.py). BAI: lambda 1, constant schedule, MSE on the states of the
+                         # block before the last (train.py's untuned defaults; watch bai_loss in
+                         # the log and lower bai_lambda if it dominates)
+# train.py fills in {method}, so the three arms never share a folder
+out_dir = 'out-scitldr-gpt2-{method}'
 
 # data and evaluation
 dataset = 'scitldr'
@@ -30,10 +32,10 @@ eval_max_new_tokens = 0  # 0 = meta['max_answer'] = 128 tokens; generation stops
 init_from = 'gpt2'
 block_size = 1024        # only used for models built from scratch; GPT-2 brings its own (1024)
 dropout = 0.0
-peft = 'lora'            # GPT-2 stays frozen; only the adapters (and Bitune's 24 mixing scalars) train
+peft = 'lora'            # GPT-2 frozen; only the adapters (and Bitune's 24 mixing scalars) train
 lora_r = 8
-lora_alpha = 1           # scale alpha / r = 1/8 with LR 1e-3, as the Bitune authors ran it; with the
-                         # common alpha = r (scale 1) the same LR would move the adapters 8x faster
+lora_alpha = 1           # scale alpha / r = 1/8 with LR 1e-3, as the Bitune authors ran it;
+                         # the usual alpha = r (scale 1) moves the adapters 8x faster at this LR
 lora_dropout = 0.0
 lora_targets = 'c_attn,c_proj,c_fc'  # every linear layer of every block (c_proj: attention and MLP)
 

@@ -24,9 +24,10 @@ META_KEYS = ('name', 'tokenizer', 'vocab_size', 'eos', 'pad', 'bos', 'metric')
 def task_from_config(cfg):
     """The task a run's settings (train.py's globals, as a dict) describe."""
     if cfg['dataset'] == 'toy':
-        return load_task('toy', seed=cfg['toy_seed'], n_train=cfg['toy_n_train'], n_val=cfg['toy_n_val'],
-                         ops=cfg['toy_ops'], min_len=cfg['toy_min_len'], max_len=cfg['toy_max_len'],
-                         n_symbols=cfg['toy_n_symbols'], op_position=cfg['toy_op_position'])
+        return load_task('toy', seed=cfg['toy_seed'], n_train=cfg['toy_n_train'],
+                         n_val=cfg['toy_n_val'], ops=cfg['toy_ops'], min_len=cfg['toy_min_len'],
+                         max_len=cfg['toy_max_len'], n_symbols=cfg['toy_n_symbols'],
+                         op_position=cfg['toy_op_position'])
     return load_task(cfg['dataset'], data_dir=cfg['data_dir'])
 
 
@@ -35,7 +36,8 @@ def load_task(name, data_dir='data', **toy_options):
     if name == 'toy':
         return toy.make_toy_task(**toy_options)
     if toy_options:
-        raise ValueError(f"options {sorted(toy_options)} only apply to the 'toy' task, not '{name}'")
+        raise ValueError(f"options {sorted(toy_options)} only apply to the 'toy' task, "
+                         f"not '{name}'")
     folder = os.path.join(data_dir, name)
     files = {split: os.path.join(folder, f'{split}.jsonl') for split in ('train', 'val', 'test')}
     needed = [os.path.join(folder, 'meta.json'), files['train'], files['val']]
@@ -58,16 +60,17 @@ def load_task(name, data_dir='data', **toy_options):
     return task
 
 def check_files_match(meta, files, meta_path, redo):
-    """prepare.py writes into meta.json a hash of each split it wrote (data/prepare_common.py says why):
-    a split that does not match comes from another preparation, or from one stopped midway."""
+    """prepare.py writes into meta.json a hash of each split it wrote (data/prepare_common.py says
+    why): a split that does not match comes from another preparation, or from one stopped midway."""
     if 'files' not in meta:  # written by hand, not by a prepare.py
         return
     for path in files.values():
         if os.path.exists(path):
             with open(path, 'rb') as f:
                 if file_hash(f.read()) != meta['files'].get(os.path.basename(path)):
-                    raise ValueError(f"{path} is not the file {meta_path} describes (it is from another "
-                                     f"preparation, or one that was stopped midway); {redo}")
+                    raise ValueError(f"{path} is not the file {meta_path} describes "
+                                     f"(it is from another preparation, or one that was stopped "
+                                     f"midway); {redo}")
 
 
 def file_hash(data):
@@ -76,8 +79,9 @@ def file_hash(data):
 
 
 def read_json(path, redo, lines=False):
-    """The JSON value in a file, or (lines=True) the list of values of a .jsonl file, one per line. A file
-    that is damaged (cut short by a full disk or a killed prepare.py) fails with its name and line."""
+    """The JSON value in a file, or (lines=True) the list of values of a .jsonl file, one per line.
+    A file that is damaged (cut short by a full disk or a killed prepare.py) fails with its name
+    and line."""
     out = []
     try:
         with open(path, encoding='utf-8') as f:
@@ -97,13 +101,15 @@ def check_examples(examples, meta, path, redo):
     V = meta['vocab_size']
     for i, ex in enumerate(examples, 1):
         try:
-            ok = all(isinstance(ex[k], list) and ex[k] and all(type(t) is int and 0 <= t < V for t in ex[k])
+            ok = all(isinstance(ex[k], list) and ex[k]
+                     and all(type(t) is int and 0 <= t < V for t in ex[k])
                      for k in ('prompt', 'answer')) and ex['answer'][-1] == meta['eos']
         except (KeyError, TypeError):
             ok = False
         if not ok:
-            raise ValueError(f"{path}, example {i}: an example is {{'prompt': [ids], 'answer': [ids ending in "
-                             f"{meta['eos']} (EOS)]}} with ids in 0..{V - 1}; {redo}")
+            raise ValueError(f"{path}, example {i}: an example is "
+                             f"{{'prompt': [ids], 'answer': [ids ending in {meta['eos']} (EOS)]}} "
+                             f"with ids in 0..{V - 1}; {redo}")
 
 class CharTokenizer:
     """One token per character, the table taken from meta['itos']."""
@@ -120,19 +126,21 @@ class CharTokenizer:
         return ''.join(self.itos[i] for i in ids)
 
 def gpt2_encoding():
-    """tiktoken's GPT-2 BPE. Offline, tiktoken reads its files from TIKTOKEN_CACHE_DIR; when neither that
-    nor tiktoken's other cache setting is given and ../shared/data/tiktoken_cache sits beside this
-    repository (the offline copies the tests use), that folder is used."""
+    """tiktoken's GPT-2 BPE. Offline, tiktoken reads its files from TIKTOKEN_CACHE_DIR; when neither
+    that nor tiktoken's other cache setting is given and ../shared/data/tiktoken_cache sits beside
+    this repository (the offline copies the tests use), that folder is used."""
     import tiktoken  # imported here so char-level tasks never need it
     beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           '..', 'shared', 'data', 'tiktoken_cache')
-    if not (os.environ.get('TIKTOKEN_CACHE_DIR') or os.environ.get('DATA_GYM_CACHE_DIR')) and os.path.isdir(beside):
+    if (not (os.environ.get('TIKTOKEN_CACHE_DIR') or os.environ.get('DATA_GYM_CACHE_DIR'))
+            and os.path.isdir(beside)):
         os.environ['TIKTOKEN_CACHE_DIR'] = os.path.normpath(beside)
     try:
         return tiktoken.get_encoding('gpt2')
     except Exception as e:  # usually: no internet and nothing in tiktoken's cache
-        raise FileNotFoundError("could not load tiktoken's 'gpt2' encoding (GPT-2's BPE files): connect once to "
-                                "download them, or set TIKTOKEN_CACHE_DIR to a folder that holds them") from e
+        raise FileNotFoundError("could not load tiktoken's 'gpt2' encoding (GPT-2's BPE files): "
+                                "connect once to download them, "
+                                "or set TIKTOKEN_CACHE_DIR to a folder that holds them") from e
 
 
 def get_tokenizer(meta):
@@ -161,7 +169,8 @@ def collate(examples, device='cpu', pad_id=0):
     (not 1 / number of micro-batches), as train.py does.
     """
     if any(not ex['prompt'] or not ex['answer'] for ex in examples):
-        raise ValueError("every example needs a non-empty prompt and answer (the answer ends in EOS)")
+        raise ValueError("every example needs a non-empty prompt and answer "
+                         "(the answer ends in EOS)")
     lengths = [len(ex['prompt']) + len(ex['answer']) for ex in examples]
     B, T = len(examples), max(lengths)
     idx = torch.full((B, T), pad_id, dtype=torch.long)
@@ -170,10 +179,12 @@ def collate(examples, device='cpu', pad_id=0):
     for b, ex in enumerate(examples):
         P, A = len(ex['prompt']), len(ex['answer'])
         idx[b, :P + A] = torch.tensor(ex['prompt'] + ex['answer'])
-        targets[b, P - 1:P + A - 1] = idx[b, P:P + A]  # from the last prompt token on, predict the answer
+        # from the last prompt token on, predict the answer
+        targets[b, P - 1:P + A - 1] = idx[b, P:P + A]
         valid[b, :P + A] = True
     return {'idx': idx.to(device), 'targets': targets.to(device), 'valid': valid.to(device),
-            'pos': torch.arange(T, device=device).repeat(B, 1),  # (B, T): right padding keeps 0..T-1 in every row
+            # (B, T): right padding keeps 0..T-1 in every row
+            'pos': torch.arange(T, device=device).repeat(B, 1),
             'prompt_len': torch.tensor([len(ex['prompt']) for ex in examples], device=device),
             'answer_len': torch.tensor([len(ex['answer']) for ex in examples], device=device)}
 
@@ -190,7 +201,8 @@ def collate_prompts(examples, device='cpu', pad_id=0):
     return idx.to(device), valid.to(device)
 
 def check_fits(task, block_size):
-    """Raise a ValueError if some example (prompt + answer) is longer than block_size; else return the longest length."""
+    """Raise a ValueError if some example (prompt + answer) is longer than block_size; else return
+    the longest length."""
     longest, where = 0, None
     for split in ('train', 'val', 'test'):
         for ex in task.get(split, []):
@@ -199,8 +211,10 @@ def check_fits(task, block_size):
                 longest, where = n, (split, len(ex['prompt']), len(ex['answer']))
     if longest > block_size:
         name = task['meta']['name']
-        hint = "lower max_len" if name == 'toy' else f"shorten the examples in data/{name}/prepare.py"
-        raise ValueError(f"dataset '{name}': the longest example has {longest} tokens ({where[0]} split, "
-                         f"prompt {where[1]} + answer {where[2]}) but block_size is {block_size}. "
+        hint = ("lower max_len" if name == 'toy'
+                else f"shorten the examples in data/{name}/prepare.py")
+        raise ValueError(f"dataset '{name}': the longest example has {longest} tokens "
+                         f"({where[0]} split, prompt {where[1]} + answer {where[2]}) "
+                         f"but block_size is {block_size}. "
                          f"Set block_size >= {longest}, or {hint}.")
     return longest

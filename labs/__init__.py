@@ -1,2 +1,3 @@
-"""The labs: labs.py runs a grid of train.py runs and compares the arms; stats.py holds the statistics,
-report.py writes the tables and plots. The handouts are in README.md next to this file."""
+"""The labs: labs.py (the lab table and main) plans a grid of train.py runs, runner.py runs them,
+aggregate.py gathers their numbers, stats.py compares the arms, report.py writes the tables and
+pictures, shares.py writes a student's share and pools a class. The handouts: README.md here."""

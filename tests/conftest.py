@@ -12,7 +12,8 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ.get('NANOBIDIR_TEST_THREADS', '1')))
 
 # the GPT-2 tokenizer files, offline (see ../shared/data/README.md)
-os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(ROOT, '..', 'shared', 'data', 'tiktoken_cache'))
+os.environ.setdefault('TIKTOKEN_CACHE_DIR',
+                      os.path.join(ROOT, '..', 'shared', 'data', 'tiktoken_cache'))
 
 
 @pytest.fixture
@@ -22,7 +23,8 @@ def tiny_gpt():
 
     def make(seed=0, **kw):
         torch.manual_seed(seed)
-        cfg = dict(block_size=64, vocab_size=23, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+        cfg = dict(block_size=64, vocab_size=23, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
+                   bias=True)
         cfg.update(kw)
         return GPT(GPTConfig(**cfg)).eval()
     return make

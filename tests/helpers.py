@@ -1,4 +1,5 @@
-"""Small functions several test files share (pytest puts tests/ on sys.path, so `from helpers import ...` works)."""
+"""Small functions several test files share (pytest puts tests/ on sys.path, so
+`from helpers import ...` works)."""
 import importlib.util
 import json
 import os
@@ -12,8 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def randomize_adapters(model, seed=1):
-    """Fresh adapters change nothing by design; move them away from their start so they do something:
-    LoRA's and DoRA's B away from 0, DoRA's m and IA3's l away from where they start (by up to 50%)."""
+    """Fresh adapters change nothing by design; move them away from their start so they do
+    something: LoRA's and DoRA's B away from 0, DoRA's m and IA3's l away from where they start
+    (by up to 50%)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -25,7 +27,8 @@ def randomize_adapters(model, seed=1):
 
 def load_script(name):
     """data/ is not a package: load data/<name>/prepare.py from its path."""
-    spec = importlib.util.spec_from_file_location(f'prepare_{name}', os.path.join(ROOT, 'data', name, 'prepare.py'))
+    spec = importlib.util.spec_from_file_location(f'prepare_{name}',
+                                                  os.path.join(ROOT, 'data', name, 'prepare.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -42,8 +45,10 @@ def write_safetensors(path, tensors, metadata=None):
     header, blobs, offset = {}, [], 0
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
-        b = t.reshape(-1).view(torch.uint8).numpy().tobytes()  # via uint8 because numpy has no bfloat16
-        header[name] = {'dtype': names[t.dtype], 'shape': list(t.shape), 'data_offsets': [offset, offset + len(b)]}
+        # via uint8 because numpy has no bfloat16
+        b = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {'dtype': names[t.dtype], 'shape': list(t.shape),
+                        'data_offsets': [offset, offset + len(b)]}
         blobs.append(b)
         offset += len(b)
     if metadata:

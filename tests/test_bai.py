@@ -1,4 +1,5 @@
-"""bai.py: baseline equivalence at weight 0, no leak, length equalization, schedules, gradients, losses."""
+"""bai.py: baseline equivalence at weight 0, no leak, length equalization, schedules, gradients,
+losses."""
 import math
 
 import pytest
@@ -38,14 +39,15 @@ def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-# ----------------------------------------------------------------------------- lambda = 0 is the baseline
+# ----------------------------------------------------------------------- lambda = 0 is the baseline
 
 @pytest.mark.parametrize('layout', ['drop_last', 'tasks.collate'])
 def test_weight_zero_is_the_baseline_bit_for_bit(tiny_gpt, layout):
     if layout == 'tasks.collate':  # the real batches keep x whole; both layouts must work
         from data import tasks
         batch = tasks.collate([{'prompt': p, 'answer': a} for p, a in make_examples()])
-        assert all(torch.equal(v, make_batch(make_examples(), full=True)[k]) for k, v in batch.items())
+        assert all(torch.equal(v, make_batch(make_examples(), full=True)[k])
+                   for k, v in batch.items())
     else:
         batch = make_batch(make_examples())
     model = tiny_gpt()
@@ -84,11 +86,13 @@ def test_padding_gets_no_weight_and_changing_it_changes_nothing(tiny_gpt):
     E, pivot_valid = bai.pivots(model.body(batch['idx'], batch['pos'], batch['valid']).x, batch)
     tokens, answer_valid = bai.answer_tokens(batch)
     assert answer_valid.sum(1).tolist() == [2, 6, 4]
-    assert all(tokens[i, :a].tolist() == ex[1] for i, (ex, a) in enumerate(zip(make_examples(), [2, 6, 4])))
+    assert all(tokens[i, :a].tolist() == ex[1]
+               for i, (ex, a) in enumerate(zip(make_examples(), [2, 6, 4])))
     _, S = bai.equalize(model.transformer.wte(tokens), E, pivot_valid)
-    assert torch.all(S.masked_select(~pivot_valid[:, None, :]) == 0)  # exactly zero attention to padding pivots
+    # exactly zero attention to padding pivots
+    assert torch.all(S.masked_select(~pivot_valid[:, None, :]) == 0)
     assert torch.allclose(S.sum(-1), torch.ones(3, 6))
-    # padding tokens of idx (and so the padding pivots, which sit on other rows' answers) change nothing
+    # padding tokens of idx (and so the padding pivots, on other rows' answers) change nothing
     _, _, l_bai = bai.compute_loss(model, batch, weight=1.0)
     noisy = dict(batch, idx=batch['idx'].masked_fill(~batch['valid'], 5))
     _, _, l_noisy = bai.compute_loss(model, noisy, weight=1.0)
@@ -107,7 +111,8 @@ def test_padding_gets_no_weight_and_changing_it_changes_nothing(tiny_gpt):
 
 def test_equalize_has_the_answers_length_and_matches_a_hand_example():
     # E = the 2x2 identity (2 pivots, d = 2); D row 0 = [sqrt(2) ln 3, 0], D row 1 = [0, 0].
-    # scores = D E^T / sqrt(2): row 0 = [ln 3, 0] -> softmax [3/4, 1/4]; row 1 = [0, 0] -> [1/2, 1/2].
+    # scores = D E^T / sqrt(2): row 0 = [ln 3, 0] -> softmax [3/4, 1/4];
+    #                           row 1 = [0, 0] -> [1/2, 1/2].
     # E_hat = S E = S (E is the identity) = [[0.75, 0.25], [0.5, 0.5]].
     E = torch.eye(2)[None]
     D = torch.tensor([[[math.sqrt(2) * math.log(3), 0.0], [0.0, 0.0]]])
@@ -119,7 +124,8 @@ def test_equalize_has_the_answers_length_and_matches_a_hand_example():
     E_hat3, S3 = bai.equalize(D, E3, torch.tensor([[True, True, False]]))
     assert torch.allclose(E_hat3, want) and S3[0, :, 2].tolist() == [0.0, 0.0]
     # 5 pivots, 3 answer tokens -> 3 rows
-    E_hat, S = bai.equalize(torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool))
+    E_hat, S = bai.equalize(torch.randn(2, 3, 8), torch.randn(2, 5, 8),
+                            torch.ones(2, 5, dtype=torch.bool))
     assert E_hat.shape == (2, 3, 8) and S.shape == (2, 3, 5)
     with pytest.raises(ValueError, match='no valid pivot'):
         bai.equalize(D, E, torch.tensor([[False, False]]))
@@ -129,7 +135,8 @@ def test_equalize_has_the_answers_length_and_matches_a_hand_example():
 
 def test_schedule_values_and_errors(tiny_gpt):
     assert bai.schedule(0) == 1.0 and bai.schedule(12345) == 1.0
-    assert [bai.schedule(t, 'linear', max_iters=100) for t in (0, 25, 100, 150)] == [1.0, 0.75, 0.0, 0.0]
+    assert [bai.schedule(t, 'linear', max_iters=100) for t in (0, 25, 100, 150)] == [
+        1.0, 0.75, 0.0, 0.0]
     assert bai.schedule(0, 'exp', eta=2.0) == 2.0
     assert math.isclose(bai.schedule(1000, 'exp', eta=2.0, gamma=0.5, phi=1000), 1.0)
     assert math.isclose(bai.schedule(3000, 'exp', eta=1.0, gamma=0.5, phi=1000), 0.125)
@@ -141,7 +148,7 @@ def test_schedule_values_and_errors(tiny_gpt):
         bai.compute_loss(tiny_gpt(), make_batch(make_examples()), weight=1.0, kind='l1')
 
 
-# ----------------------------------------------------------------------------- where the gradient goes
+# -------------------------------------------------------------------------- where the gradient goes
 
 def test_awareness_gradient_reaches_only_the_layers_below_the_pivots(tiny_gpt):
     model = tiny_gpt()
@@ -149,7 +156,8 @@ def test_awareness_gradient_reaches_only_the_layers_below_the_pivots(tiny_gpt):
     _, _, l_bai = bai.compute_loss(model, batch, weight=1.0, layer=0)
     l_bai.backward()
     g = grads(model)
-    assert all(g[n].abs().sum() > 0 for n, _ in model.transformer.h[0].named_parameters(prefix='transformer.h.0'))
+    assert all(g[n].abs().sum() > 0
+               for n, _ in model.transformer.h[0].named_parameters(prefix='transformer.h.0'))
     assert not any(n.startswith(('transformer.h.1.', 'transformer.ln_f.')) for n in g)
     model.zero_grad(set_to_none=True)
     bai.compute_loss(model, batch, weight=1.0, layer=-1)[2].backward()
@@ -171,7 +179,7 @@ def test_wte_gets_the_target_path_gradient_only_when_not_detached(tiny_gpt, kind
         assert (g[answer_rows].abs().sum() > 0) == (not detach)
 
 
-# ----------------------------------------------------------------------------- inference is untouched
+# --------------------------------------------------------------------------- inference is untouched
 
 def test_bai_adds_no_parameters_and_leaves_generation_unchanged(tiny_gpt):
     model, twin = tiny_gpt(seed=3), tiny_gpt(seed=3)
@@ -181,10 +189,11 @@ def test_bai_adds_no_parameters_and_leaves_generation_unchanged(tiny_gpt):
     assert count_params(model) == before and list(model.state_dict()) == keys
     assert not model._forward_hooks and not model._forward_pre_hooks
     prompts = torch.randint(1, 11, (2, 5))
-    assert torch.equal(model.generate(prompts, 6, temperature=0), twin.generate(prompts, 6, temperature=0))
+    assert torch.equal(model.generate(prompts, 6, temperature=0),
+                       twin.generate(prompts, 6, temperature=0))
 
 
-# ----------------------------------------------------------------------------- every loss kind trains
+# --------------------------------------------------------------------------- every loss kind trains
 
 @pytest.mark.parametrize('kind', bai.KINDS)
 def test_each_loss_kind_is_finite_nonnegative_and_decreases(tiny_gpt, kind):
@@ -206,7 +215,8 @@ def test_awareness_from_other_pivots_matches_and_checks_empty_prefixes(tiny_gpt)
     # the Bitune + BAI path passes its own pivots; the same pivots must give the same loss
     model = tiny_gpt()
     batch = make_batch(make_examples())
-    E, pivot_valid = bai.pivots(model.body(batch['idx'], batch['pos'], batch['valid']).at(-2), batch)
+    E, pivot_valid = bai.pivots(model.body(batch['idx'], batch['pos'], batch['valid']).at(-2),
+                                batch)
     _, _, l_bai = bai.compute_loss(model, batch, weight=1.0)
     assert torch.equal(bai.awareness_from_pivots(E, pivot_valid, batch, model), l_bai)
     empty = pivot_valid.clone()
@@ -215,10 +225,11 @@ def test_awareness_from_other_pivots_matches_and_checks_empty_prefixes(tiny_gpt)
         bai.awareness_from_pivots(E, empty, batch, model)
 
 
-# ----------------------------------------------------------------------------- Bitune + BAI (train.batch_loss)
+# ------------------------------------------------------------------ Bitune + BAI (train.batch_loss)
 
 def bitune_bai_loss(tiny_gpt, batch, **settings):
-    """train.batch_loss of method 'bitune_bai' on a tiny LoRA Bitune (the same weights every call)."""
+    """train.batch_loss of method 'bitune_bai' on a tiny LoRA Bitune (the same weights every
+    call)."""
     from types import SimpleNamespace
     import train
     from bitune import Bitune
@@ -244,18 +255,21 @@ def pivots_the_long_way(gpt, batch, adapter_name, attn, layer):
 
 
 @pytest.mark.parametrize('settings, adapter_name, attn, layer', [
-    ({}, 'bidir', 'bidir', 0),                 # the default: Pass A, the block before the last (0 of 2)
-    ({'bai_layer': -1}, 'bidir', 'bidir', -1),                       # Pass A after ln_f
-    ({'bai_pivots': 'B'}, 'causal', 'causal', 0),                    # Pass B: causal mask, causal adapter
+    ({}, 'bidir', 'bidir', 0),                     # the default: Pass A, the block before the last
+                                                   # (0 of 2)
+    ({'bai_layer': -1}, 'bidir', 'bidir', -1),     # Pass A after ln_f
+    ({'bai_pivots': 'B'}, 'causal', 'causal', 0),  # Pass B: causal mask, causal adapter
     ({'bai_pivots': 'B', 'bai_layer': -1, 'bai_loss': 'cosine'}, 'causal', 'causal', -1),
 ])
-def test_bitune_bai_takes_its_pivots_from_the_chosen_pass_and_layer(tiny_gpt, settings, adapter_name, attn, layer):
+def test_bitune_bai_takes_its_pivots_from_the_chosen_pass_and_layer(tiny_gpt, settings,
+                                                                    adapter_name, attn, layer):
     batch = make_batch(make_examples())
     total, numbers, gpt = bitune_bai_loss(tiny_gpt, batch, **settings)
     E, valid = pivots_the_long_way(gpt, batch, adapter_name, attn, layer)
     with torch.no_grad():
         want = bai.awareness_from_pivots(E, valid, batch, gpt, kind=settings.get('bai_loss', 'mse'))
-    assert numbers['bai_loss'] == want.item()  # exactly: the default ({}) is the same loss as before the switches
+    # exactly: the default ({}) is the same loss as before the switches
+    assert numbers['bai_loss'] == want.item()
     assert total.item() == pytest.approx(numbers['ce_loss'] + want.item(), abs=1e-6)
     if settings:  # each switch changes the pivots, and so the loss
         assert abs(total.item() - bitune_bai_loss(tiny_gpt, batch)[0].item()) > 1e-4

@@ -1,4 +1,5 @@
-"""bitune.py: which pass sees what, the mixing invariants, batching, gradients, cached generation, variants."""
+"""bitune.py: which pass sees what, the mixing invariants, batching, gradients, cached generation,
+variants."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,8 +25,8 @@ def lora_bitune(tiny_gpt, variant='full', thetas=None):
 
 
 def make_batch(examples, full=False, pad=0):
-    """(prompt, answer) lists -> the training layout, right-padded: idx = x[:N-1] (or all of x with full=True,
-    as tasks.collate does), targets[t] = x[t+1] for t >= P-1 and -1 elsewhere."""
+    """(prompt, answer) lists -> the training layout, right-padded: idx = x[:N-1] (or all of x with
+    full=True, as tasks.collate does), targets[t] = x[t+1] for t >= P-1 and -1 elsewhere."""
     xs = [p + a for p, a in examples]
     T = max(len(x) for x in xs) - (0 if full else 1)
     B = len(xs)
@@ -43,7 +44,8 @@ def make_batch(examples, full=False, pad=0):
 
 def rand_examples(lengths, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randint(1, V, (p,), generator=g).tolist(), torch.randint(1, V, (a,), generator=g).tolist())
+    return [(torch.randint(1, V, (p,), generator=g).tolist(),
+             torch.randint(1, V, (a,), generator=g).tolist())
             for p, a in lengths]
 
 
@@ -57,8 +59,9 @@ def baseline_answer_logits(bt, batch):
         from adapters import adapter
         with adapter(bt.gpt, 'causal'):
             logits, loss = bt.gpt(batch['idx'], batch['targets'], valid=batch['valid'])
-    rows = [logits[i, p - 1:p - 1 + a] for i, (p, a) in enumerate(zip(batch['prompt_len'].tolist(),
-                                                                      batch['answer_len'].tolist()))]
+    rows = [logits[i, p - 1:p - 1 + a]
+            for i, (p, a) in enumerate(zip(batch['prompt_len'].tolist(),
+                                           batch['answer_len'].tolist()))]
     return rows, loss
 
 
@@ -78,7 +81,8 @@ def test_pass_a_is_bidirectional_pass_b_causal_and_neither_sees_padding(tiny_gpt
     changed[1, 3] = (changed[1, 3] + 1) % V  # row 1's last real prefix token
     kv_a, h = bt.pass_a(prefix, pos, valid)
     kv_a2, h2 = bt.pass_a(changed, pos, valid)
-    assert not torch.allclose(kv_a[1][0][1, :, 0], kv_a2[1][0][1, :, 0], atol=1e-5)  # K at position 0 changed
+    # K at position 0 changed
+    assert not torch.allclose(kv_a[1][0][1, :, 0], kv_a2[1][0][1, :, 0], atol=1e-5)
     assert not torch.allclose(h[1, 0], h2[1, 0], atol=1e-5)
     kv_b, kv_b2 = bt.pass_b(prefix, pos, valid)[0], bt.pass_b(changed, pos, valid)[0]
     for layer in range(2):
@@ -102,7 +106,8 @@ def test_answer_never_sees_its_future_nor_padding(tiny_gpt):
     changed = {k: v.clone() for k, v in batch.items()}
     changed['idx'][0, 3 + 3] = (changed['idx'][0, 3 + 3] + 1) % V
     _, aux2 = bt(changed)
-    assert torch.allclose(aux['logits'][0, :4], aux2['logits'][0, :4], atol=1e-6)  # Pass C rows 0..3 read x[..P+2]
+    # Pass C rows 0..3 read x[..P+2]
+    assert torch.allclose(aux['logits'][0, :4], aux2['logits'][0, :4], atol=1e-6)
     assert not torch.allclose(aux['logits'][0, 4], aux2['logits'][0, 4], atol=1e-5)
     # padding tokens change no real output and not the loss
     padded = {k: v.clone() for k, v in batch.items()}
@@ -123,7 +128,8 @@ def test_alpha_zero_gives_the_causal_baseline(tiny_gpt):
     rows, base_loss = baseline_answer_logits(bt, batch)
     for a, b in zip(answer_rows(aux, batch), rows):
         assert torch.allclose(a, b, atol=1e-5)
-    assert torch.allclose(loss, base_loss, atol=1e-5)  # the same token-weighted loss as the baseline
+    # the same token-weighted loss as the baseline
+    assert torch.allclose(loss, base_loss, atol=1e-5)
 
 
 def test_only_causal_with_identical_adapters_changes_nothing(tiny_gpt):
@@ -144,7 +150,8 @@ def test_fixed_mixing_has_no_trainable_thetas(tiny_gpt):
     bt = lora_bitune(tiny_gpt, 'fixed')
     assert not any('mix_' in n for n, _ in bt.named_parameters())
     assert bt.alphas() == {'alpha_k': [0.5, 0.5], 'alpha_v': [0.5, 0.5]}
-    full = lora_bitune(tiny_gpt, 'full')  # at init theta = theta_init, so alpha = 0.5 too: same outputs
+    # at init theta = theta_init, so alpha = 0.5 too: same outputs
+    full = lora_bitune(tiny_gpt, 'full')
     assert full.alphas() == bt.alphas()
     batch = make_batch(rand_examples(LENGTHS))
     assert torch.allclose(bt(batch)[0], full(batch)[0], atol=1e-6)
@@ -179,7 +186,8 @@ def test_padded_batch_equals_each_example_alone(tiny_gpt):
         total = total + mine * a
     assert torch.allclose(loss, total / batch['answer_len'].sum(), atol=1e-5)  # token-weighted
     assert (aux['targets'][~aux['answer_valid']] == -1).all()
-    assert aux['bidir_hidden'].shape == (3, 6, 32) and aux['prefix_valid'].sum(1).tolist() == [2, 6, 4]
+    assert (aux['bidir_hidden'].shape == (3, 6, 32)
+            and aux['prefix_valid'].sum(1).tolist() == [2, 6, 4])
 
 
 def test_both_batch_layouts_give_the_same_loss(tiny_gpt):
@@ -196,7 +204,8 @@ def test_lora_gradients_reach_both_adapters_and_every_theta_not_the_base(tiny_gp
     mark_only_adapters_trainable(bt.gpt)
     loss, _ = bt(make_batch(rand_examples(LENGTHS)))
     loss.backward()
-    # only Pass A's K/V are read, so the bidir adapter's last-block attention output and MLP cannot matter
+    # only Pass A's K/V are read, so the bidir adapter's last-block attention output and MLP
+    # cannot matter
     unused = ('h.1.attn.c_proj', 'h.1.mlp.c_fc', 'h.1.mlp.c_proj')
     for n, p in bt.named_parameters():
         if 'mix_' in n:
@@ -206,7 +215,8 @@ def test_lora_gradients_reach_both_adapters_and_every_theta_not_the_base(tiny_gp
         else:
             assert p.grad is None, n
     opt = configure_optimizers(bt, 0.1, 1e-3, (0.9, 0.99), 'cpu')
-    assert len(opt.param_groups) == 1 and opt.param_groups[0]['weight_decay'] == 0.0  # adapters + thetas
+    # adapters + thetas
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]['weight_decay'] == 0.0
 
 
 def test_full_finetuning_trains_the_base_and_the_bidir_adapter(tiny_gpt):
@@ -236,13 +246,16 @@ def test_cached_generation_equals_recomputation_through_the_bitune_forward(tiny_
         pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # as GPT.generate computes them
         last, kv = bt.prefill(idx, pos, valid)
         _, aux = bt(make_batch([(p, [0]) for p in prompts]))
-    assert len(kv) == 2 and kv[0][0].shape == (3, 2, P, 16)  # (B, nh, P, hs): the baseline's cache size
-    assert torch.allclose(last, aux['logits'][:, 0], atol=1e-5)  # the prefill's logits are Pass C's first
+    # (B, nh, P, hs): the baseline's cache size
+    assert len(kv) == 2 and kv[0][0].shape == (3, 2, P, 16)
+    # the prefill's logits are Pass C's first
+    assert torch.allclose(last, aux['logits'][:, 0], atol=1e-5)
     out = bt.generate(idx, new, temperature=0, valid=valid)
     for i, p in enumerate(prompts):
         seq = []
         with torch.no_grad():
-            for _ in range(new):  # the generated tokens so far are the "answer"; the dummy last token is never read
+            # the generated tokens so far are the "answer"; the dummy last token is never read
+            for _ in range(new):
                 _, aux = bt(make_batch([(p, seq + [0])]))
                 seq.append(int(aux['logits'][0, -1].argmax()))
         assert out[i, P:].tolist() == seq, i
@@ -255,7 +268,8 @@ def test_every_variant_trains_and_generates(tiny_gpt, variant):
     loss, aux = bt(make_batch(rand_examples(LENGTHS)))
     loss.backward()
     assert torch.isfinite(loss) and aux['logits'].shape == (3, 5, V)
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in bt.named_parameters() if '.causal' in n)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for n, p in bt.named_parameters() if '.causal' in n)
     out = bt.generate(torch.randint(1, V, (2, 4)), 3, temperature=0)
     assert out.shape == (2, 7)
     assert len(bt.alphas()['alpha_k']) == 2
@@ -263,13 +277,15 @@ def test_every_variant_trains_and_generates(tiny_gpt, variant):
 
 def test_bad_inputs_raise_clear_errors(tiny_gpt):
     gpt = add_adapters(tiny_gpt(), names=('causal', 'bidir'))
-    with pytest.raises(ValueError, match='choose one of full, naive, no_mixing, only_causal, shared, fixed'):
+    with pytest.raises(ValueError,
+                       match='choose one of full, naive, no_mixing, only_causal, shared, fixed'):
         Bitune(gpt, variant='bidirectional')
     bt = Bitune(gpt)
     with pytest.raises(ValueError, match='at least 2 tokens'):
         bt(make_batch([([5], [1, 2]), ([4, 5, 6], [3])]))
     with pytest.raises(ValueError, match='at least 2 tokens'):
-        bt.generate(torch.tensor([[0, 5], [4, 5]]), 2, valid=torch.tensor([[False, True], [True, True]]))
+        bt.generate(torch.tensor([[0, 5], [4, 5]]), 2,
+                    valid=torch.tensor([[False, True], [True, True]]))
 
 
 def test_state_dict_round_trip_keeps_thetas_and_both_adapters(tiny_gpt, tmp_path):
@@ -286,9 +302,11 @@ def test_state_dict_round_trip_keeps_thetas_and_both_adapters(tiny_gpt, tmp_path
 
 @pytest.mark.parametrize('variant', ['full', 'shared', 'no_mixing'])
 @pytest.mark.parametrize('layer', [-1, 0])
-def test_prefix_passes_return_the_hidden_states_gpt_body_gives_at_that_layer(tiny_gpt, variant, layer):
-    """What a loss on the prompt's states (BAI's pivots) reads: each prefix pass at hidden_layer, with the
-    pass's own mask and adapter, exactly as GPT.body computes them; the answer's loss does not change."""
+def test_prefix_passes_return_the_hidden_states_gpt_body_gives_at_that_layer(tiny_gpt, variant,
+                                                                             layer):
+    """What a loss on the prompt's states (BAI's pivots) reads: each prefix pass at hidden_layer,
+    with the pass's own mask and adapter, exactly as GPT.body computes them; the answer's loss does
+    not change."""
     from adapters import adapter
     bt = lora_bitune(tiny_gpt, variant, thetas=THETAS)
     batch = make_batch(rand_examples(LENGTHS))

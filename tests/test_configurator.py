@@ -3,12 +3,15 @@ import pytest
 
 from configurator import configure
 
-DEFAULTS = {'max_iters': 100, 'learning_rate': 1e-3, 'compile': False, 'method': 'causal', 'top_k': None}
+DEFAULTS = {'max_iters': 100, 'learning_rate': 1e-3, 'compile': False, 'method': 'causal',
+            'top_k': None}
 
 
 def test_overrides_parse_to_the_defaults_types():
-    c = configure(DEFAULTS, ['--max_iters=7', '--learning_rate=1', '--compile=True', '--method=bitune', '--top_k=5'])
-    assert c == {'max_iters': 7, 'learning_rate': 1.0, 'compile': True, 'method': 'bitune', 'top_k': 5}
+    c = configure(DEFAULTS, ['--max_iters=7', '--learning_rate=1', '--compile=True',
+                             '--method=bitune', '--top_k=5'])
+    assert c == {'max_iters': 7, 'learning_rate': 1.0, 'compile': True, 'method': 'bitune',
+                 'top_k': 5}
     assert type(c['learning_rate']) is float and DEFAULTS['max_iters'] == 100  # defaults untouched
 
 
@@ -35,4 +38,5 @@ def test_help_lists_every_setting_and_exits(capsys):
     with pytest.raises(SystemExit) as e:
         configure(DEFAULTS, ['--max_iters=3', '--help'])
     out = capsys.readouterr().out
-    assert e.value.code == 0 and all(f'--{k}=' in out for k in DEFAULTS) and "--method='causal'" in out
+    assert (e.value.code == 0 and all(f'--{k}=' in out for k in DEFAULTS)
+            and "--method='causal'" in out)

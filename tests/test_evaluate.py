@@ -43,7 +43,8 @@ def test_rouge_clips_repeated_ngrams():
     # unigram "the" counts min(4, 1) = 1: P = 1/4, R = 1/2, F = 2 * (1/8) / (3/4) = 1/3
     # bigrams: the-the x3 vs the-cat -> 0
     # LCS = 1 -> same P, R as unigrams -> 1/3
-    assert rouge("the the the the", "the cat") == approx({'rouge1': 1 / 3, 'rouge2': 0, 'rougeL': 1 / 3})
+    assert rouge("the the the the", "the cat") == approx({'rouge1': 1 / 3, 'rouge2': 0,
+                                                          'rougeL': 1 / 3})
 
 
 def test_rouge_l_rewards_order_not_adjacency():
@@ -81,7 +82,8 @@ def test_rouge_multiple_references_takes_max_per_metric():
 
 
 def test_corpus_rouge_is_mean_in_percent():
-    # example 1 scores 1 everywhere (ROUGE-2 too: "the cat" is one shared bigram), example 2 scores 0
+    # example 1 scores 1 everywhere (ROUGE-2 too: "the cat" is one shared bigram),
+    # example 2 scores 0
     got = corpus_rouge(["The cat", "x"], [["the cat", "a dog"], "y"])
     assert got == approx({'rouge1': 50.0, 'rouge2': 50.0, 'rougeL': 50.0})
     with pytest.raises(ValueError):

@@ -1,5 +1,5 @@
-"""Ctrl-C and SIGTERM at any moment of train.py and sample.py: one line `error: interrupted; ...` that
-says how to go on, exit status 130, never a traceback, and a checkpoint that is whole."""
+"""Ctrl-C and SIGTERM at any moment of train.py and sample.py: one line `error: interrupted; ...`
+that says how to go on, exit status 130, never a traceback, and a checkpoint that is whole."""
 import os
 import signal
 import subprocess
@@ -10,9 +10,9 @@ import pytest
 from helpers import ROOT
 from utils import checkpoint
 
-TINY = ['--method=causal', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=32', '--batch_size=8',
-        '--eval_iters=1', '--eval_examples=4', '--toy_n_train=64', '--toy_n_val=8', '--toy_max_len=5',
-        '--warmup_iters=1', '--device=cpu']
+TINY = ['--method=causal', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=32',
+        '--batch_size=8', '--eval_iters=1', '--eval_examples=4', '--toy_n_train=64',
+        '--toy_n_val=8', '--toy_max_len=5', '--warmup_iters=1', '--device=cpu']
 
 
 def start(*argv):
@@ -23,7 +23,8 @@ def start(*argv):
 
 
 def handles_sigterm(pid):
-    """Whether the process has installed its own SIGTERM handler (the script's first statement does so)."""
+    """Whether the process has installed its own SIGTERM handler (the script's first statement
+    does so)."""
     with open(f'/proc/{pid}/status') as f:
         caught = int(next(line for line in f if line.startswith('SigCgt:')).split()[1], 16)
     return bool(caught >> (signal.SIGTERM - 1) & 1)
@@ -45,13 +46,15 @@ def interrupted(p, sig):
     return lines[0]
 
 
-@pytest.mark.skipif(not os.path.exists('/proc/self/status'), reason='reads /proc to see the handler installed')
+@pytest.mark.skipif(not os.path.exists('/proc/self/status'),
+                    reason='reads /proc to see the handler installed')
 @pytest.mark.parametrize('argv, then', [
     (['train.py', *TINY, '--max_iters=2'], '--init_from=resume'),
     (['sample.py', '--ckpt=none.pt'], 'run it again')], ids=['train.py', 'sample.py'])
 def test_ctrl_c_while_torch_loads_prints_one_line(tmp_path, argv, then):
     p = start(*argv, f'--out_dir={tmp_path}') if argv[0] == 'train.py' else start(*argv)
-    wait_for(p, lambda: handles_sigterm(p.pid))  # the script's first line ran; torch is still loading
+    # the script's first line ran; torch is still loading
+    wait_for(p, lambda: handles_sigterm(p.pid))
     assert then in interrupted(p, signal.SIGINT)
 
 
@@ -60,7 +63,8 @@ def test_interrupting_a_run_keeps_its_checkpoint_whole(tmp_path, sig):
     out = str(tmp_path / 'run')
     p = start('train.py', *TINY, '--max_iters=100000', '--eval_interval=2', f'--out_dir={out}')
     ckpt = os.path.join(out, 'ckpt.pt')
-    for line in p.stdout:  # the first evaluation after training began: a checkpoint is being written
+    # the first evaluation after training began: a checkpoint is being written
+    for line in p.stdout:
         if line.startswith('iter 2:'):
             break
     wait_for(p, lambda: os.path.exists(ckpt))

@@ -1,4 +1,5 @@
-"""model.py and adapters.py: masks, attention, the KV cache, generation, LoRA and the optimizer groups."""
+"""model.py and adapters.py: masks, attention, the KV cache, generation, LoRA and the optimizer
+groups."""
 import math
 
 import pytest
@@ -6,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from helpers import randomize_adapters
-from adapters import (AdaptedLinear, adapter, adapter_state_dict, add_adapters, load_adapter_state_dict,
-                      mark_only_adapters_trainable, set_adapter)
+from adapters import (AdaptedLinear, adapter, adapter_state_dict, add_adapters,
+                      load_adapter_state_dict, mark_only_adapters_trainable, set_adapter)
 from model import attention_mask, configure_optimizers, count_params
 
 
@@ -63,7 +64,8 @@ def test_attention_mask_aligns_the_triangle_bottom_right():
     assert m.tolist() == [[False, True, True, True, False],
                           [False, True, True, True, True]]
     m = attention_mask(valid, T=5, attn='bidir')[0, 0]
-    assert m[0].tolist() == [True, True, True, True, True]  # the padding query sees itself (and the real keys)
+    # the padding query sees itself (and the real keys)
+    assert m[0].tolist() == [True, True, True, True, True]
     assert m[2].tolist() == [False, True, True, True, True]
 
 
@@ -89,11 +91,14 @@ def test_sdpa_equals_a_plain_softmax_reference(tiny_gpt, attn):
     mask = attention_mask(valid, 7, attn)
     y, _ = block(x, mask, False, None)
     ref = reference_attention(block, x, mask[:, 0])
-    assert torch.allclose(y[0, :5], ref[0, :5], atol=1e-5) and torch.allclose(y[1], ref[1], atol=1e-5)
+    assert (torch.allclose(y[0, :5], ref[0, :5], atol=1e-5)
+            and torch.allclose(y[1], ref[1], atol=1e-5))
     # the fast path (no mask object) agrees too
     y_fast, _ = block(x, None, attn == 'causal', None)
     full = torch.ones(2, 7, dtype=torch.bool)
-    assert torch.allclose(y_fast, reference_attention(block, x, attention_mask(full, 7, attn)[:, 0]), atol=1e-5)
+    assert torch.allclose(y_fast,
+                          reference_attention(block, x, attention_mask(full, 7, attn)[:, 0]),
+                          atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -130,8 +135,9 @@ def test_generate_with_cache_equals_full_recomputation_on_a_padded_batch(tiny_gp
 
 
 def decode_with_cat(model, last, kv, valid, pos, n):
-    """Greedy decoding with a cache grown by torch.cat (the training path of past_kv): the reference
-    that the preallocated cache of generate() must match bit for bit. Returns every step's logits."""
+    """Greedy decoding with a cache grown by torch.cat (the training path of past_kv): the
+    reference that the preallocated cache of generate() must match bit for bit. Returns every
+    step's logits."""
     seen, valid = [last], valid.clone()
     for _ in range(n - 1):
         tok, pos = last.argmax(-1, keepdim=True), pos + 1
@@ -149,8 +155,9 @@ def test_preallocated_cache_gives_the_logits_of_a_cache_grown_by_cat(shape, monk
     torch.cat, for the plain prefill and Bitune's, on left-padded batches, toy and GPT-2 shapes."""
     from bitune import Bitune
     from model import GPT, GPTConfig, KVCache
-    cfg = (dict(n_layer=4, n_head=4, n_embd=128, vocab_size=18, block_size=64) if shape == 'toy' else
-           dict(n_layer=2, n_head=12, n_embd=768, vocab_size=50257, block_size=64))  # GPT-2's widths, 2 blocks
+    cfg = (dict(n_layer=4, n_head=4, n_embd=128, vocab_size=18, block_size=64) if shape == 'toy'
+           # GPT-2's widths, 2 blocks
+           else dict(n_layer=2, n_head=12, n_embd=768, vocab_size=50257, block_size=64))
     torch.manual_seed(0)
     gpt = add_adapters(GPT(GPTConfig(**cfg)), names=('causal', 'bidir'))
     randomize_adapters(gpt)
@@ -158,19 +165,23 @@ def test_preallocated_cache_gives_the_logits_of_a_cache_grown_by_cat(shape, monk
     set_adapter(gpt, 'causal')
     seen, writes = [], []
     real_append = KVCache.append
-    monkeypatch.setattr(KVCache, 'append', lambda self, k, v: writes.append(self.k.size(2)) or real_append(self, k, v))
+    monkeypatch.setattr(KVCache, 'append',
+                        lambda self, k, v: writes.append(self.k.size(2)) or real_append(self, k, v))
     real_sample = GPT._sample
-    monkeypatch.setattr(GPT, '_sample', staticmethod(lambda logits, *a: seen.append(logits) or real_sample(logits, *a)))
+    monkeypatch.setattr(GPT, '_sample', staticmethod(
+        lambda logits, *a: seen.append(logits) or real_sample(logits, *a)))
     g = torch.Generator().manual_seed(0)
     for _ in range(2):  # two batches of different left padding
         idx = torch.randint(1, cfg['vocab_size'], (4, 9), generator=g)
-        valid = torch.arange(9)[None] >= torch.tensor([0, 6, 3, 1])[:, None]  # rows of 9, 3, 6, 8 tokens
+        # rows of 9, 3, 6, 8 tokens
+        valid = torch.arange(9)[None] >= torch.tensor([0, 6, 3, 1])[:, None]
         idx = idx.masked_fill(~valid, 0)
         pos = (valid.long().cumsum(1) - 1).clamp(min=0)
         for model in (gpt, bitune):
             seen.clear(), writes.clear()
             model.generate(idx, 12, temperature=0.0, valid=valid)
-            assert writes == [9 + 12] * (11 * cfg['n_layer'])  # every decoded token went into the buffers
+            # every decoded token went into the buffers
+            assert writes == [9 + 12] * (11 * cfg['n_layer'])
             if model is gpt:
                 out = gpt.body(idx, pos, valid)
                 last, kv = gpt.lm_head(out.x[:, -1]), out.kv  # generate()'s own prefill
@@ -200,9 +211,11 @@ def test_generate_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny_gpt):
     idx = torch.randint(1, 23, (2, 4))
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    a = model.generate(idx, 10, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(7))
+    a = model.generate(idx, 10, temperature=1.0, top_k=5,
+                       generator=torch.Generator().manual_seed(7))
     assert torch.equal(before, torch.get_rng_state())
-    b = model.generate(idx, 10, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(7))
+    b = model.generate(idx, 10, temperature=1.0, top_k=5,
+                       generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
 
 
@@ -213,7 +226,8 @@ def test_bad_inputs_raise_clear_errors(tiny_gpt):
     with pytest.raises(ValueError, match='block_size'):
         model(torch.zeros(1, 65, dtype=torch.long))
     with pytest.raises(ValueError, match='left-padded'):
-        model.generate(torch.zeros(1, 4, dtype=torch.long), 2, valid=torch.tensor([[True, True, True, False]]))
+        model.generate(torch.zeros(1, 4, dtype=torch.long), 2,
+                       valid=torch.tensor([[True, True, True, False]]))
     with pytest.raises(ValueError, match="'causal' or 'bidir'"):
         model(torch.zeros(1, 4, dtype=torch.long), attn='full')
     with pytest.raises(ValueError, match='layer 2: a 2-block model'):
@@ -228,7 +242,8 @@ def test_body_returns_the_state_the_logits_come_from_and_every_block(tiny_gpt):
     logits, _ = model(idx)
     out = model.body(idx)
     assert torch.allclose(model.lm_head(out.at(-1)), logits, atol=1e-6) and out.at(-1) is out.x
-    assert len(out.hidden) == 2 and out.at(0).shape == (2, 6, 32) and not torch.allclose(out.at(0), out.x)
+    assert (len(out.hidden) == 2 and out.at(0).shape == (2, 6, 32)
+            and not torch.allclose(out.at(0), out.x))
     # the last block's raw output is the final state before ln_f
     assert torch.allclose(model.transformer.ln_f(out.hidden[1]), out.x)
     # counting back from the final state (BAI's default pivots, -2): the block before the last, here
@@ -236,7 +251,8 @@ def test_body_returns_the_state_the_logits_come_from_and_every_block(tiny_gpt):
     assert out.at(-2) is out.hidden[0] and not torch.allclose(out.at(-2), out.at(1))
     with pytest.raises(ValueError, match='-2..-2'):
         out.at(-3)
-    with pytest.raises(ValueError, match='1-block model has -1 .after ln_f., blocks 0..0'):  # BAI's default
+    # BAI's default, -2
+    with pytest.raises(ValueError, match='1-block model has -1 .after ln_f., blocks 0..0'):
         tiny_gpt(n_layer=1).body(idx).at(-2)
 
 
@@ -253,7 +269,8 @@ def test_fresh_adapter_changes_nothing_and_keeps_checkpoint_keys(tiny_gpt):
     assert torch.equal(before, after)
     added = set(model.state_dict()) - keys_before
     assert keys_before <= set(model.state_dict())  # LoRA only adds keys
-    assert 'transformer.h.0.attn.c_attn.lora_A.causal' in added and 'transformer.h.1.mlp.c_fc.lora_B.bidir' in added
+    assert ('transformer.h.0.attn.c_attn.lora_A.causal' in added
+            and 'transformer.h.1.mlp.c_fc.lora_B.bidir' in added)
     assert not any('wte' in k or 'lm_head' in k for k in added)
     layer = model.transformer.h[0].attn.c_attn
     assert layer.lora_A['causal'].shape == (4, 32) and layer.lora_B['causal'].shape == (96, 4)
@@ -300,8 +317,9 @@ def test_merge_equals_unmerged_and_unmerge_restores(tiny_gpt):
 
 
 def test_lora_on_a_trainable_weight_gives_the_side_path_numbers_and_gradients():
-    """With W trainable, AdaptedLinear forms W + scale * B A inside autograd (one matmul); with W frozen it
-    adds scale * B A x on the side. Both must be W x + b + scale * B A x, with the same adapter gradients."""
+    """With W trainable, AdaptedLinear forms W + scale * B A inside autograd (one matmul); with W
+    frozen it adds scale * B A x on the side. Both must be W x + b + scale * B A x, with the same
+    adapter gradients."""
     torch.manual_seed(0)
     layer = AdaptedLinear(6, 5)
     layer.add_adapter('a', r=2, alpha=6)   # scale 3: a missing or doubled scale would show
@@ -323,7 +341,8 @@ def test_lora_on_a_trainable_weight_gives_the_side_path_numbers_and_gradients():
     layer.weight.requires_grad_(True)
     layer.zero_grad(set_to_none=True)
     (layer(x) * g).sum().backward()
-    assert torch.allclose(layer.weight.grad, g.reshape(-1, 5).t() @ x.reshape(-1, 6), atol=1e-5)  # dW = g^T x
+    # dW = g^T x
+    assert torch.allclose(layer.weight.grad, g.reshape(-1, 5).t() @ x.reshape(-1, 6), atol=1e-5)
 
 
 def test_both_adapters_get_gradients_and_the_base_none(tiny_gpt):
@@ -342,7 +361,8 @@ def test_both_adapters_get_gradients_and_the_base_none(tiny_gpt):
         else:
             assert p.grad is None, n
     trainable, total = count_params(model)
-    assert trainable == sum(p.numel() for n, p in model.named_parameters() if 'lora_' in n) and total > trainable
+    assert (trainable == sum(p.numel() for n, p in model.named_parameters() if 'lora_' in n)
+            and total > trainable)
 
 
 def test_adapter_only_state_dict_round_trips(tiny_gpt, tmp_path):
@@ -365,7 +385,8 @@ def test_optimizer_groups_put_adapters_apart_without_decay(tiny_gpt):
     model = add_adapters(tiny_gpt(), names=('causal',))
     opt = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.99), 'cpu')
     decay, no_decay, adapters = opt.param_groups
-    assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0 and adapters['weight_decay'] == 0.0
+    assert (decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
+            and adapters['weight_decay'] == 0.0)
     assert sum(p.numel() for p in adapters['params']) == sum(
         p.numel() for n, p in model.named_parameters() if 'lora_' in n)
     mark_only_adapters_trainable(model)
@@ -379,7 +400,8 @@ def test_forward_is_body_then_head(tiny_gpt):
     targets = torch.randint(0, 23, (2, 6))
     logits, loss = model(idx, targets)
     out = model.body(idx)
-    assert torch.equal(logits, model.lm_head(out.x)) and torch.equal(loss, model.head(out.x, targets)[1])
+    assert (torch.equal(logits, model.lm_head(out.x))
+            and torch.equal(loss, model.head(out.x, targets)[1]))
     assert model(idx)[1] is None and logits.shape == (2, 6, 23)
 
 

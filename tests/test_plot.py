@@ -1,4 +1,5 @@
-"""utils/plot.py: the attention weights it draws are real softmax rows with the right mask, and its failures are one line."""
+"""utils/plot.py: the attention weights it draws are real softmax rows with the right mask, and its
+failures are one line."""
 import pytest
 import torch
 
@@ -12,14 +13,15 @@ def test_attention_weights_are_masked_softmax_rows(tiny_gpt):
         causal = attention_weights(model, idx, layer, 'causal')
         bidir = attention_weights(model, idx, layer, 'bidir')
         assert causal.shape == (2, 6, 6)  # (n_head, T, T)
-        assert torch.allclose(causal.sum(-1), torch.ones(2, 6)) and torch.allclose(bidir.sum(-1), torch.ones(2, 6))
+        assert (torch.allclose(causal.sum(-1), torch.ones(2, 6))
+                and torch.allclose(bidir.sum(-1), torch.ones(2, 6)))
         assert causal.triu(1).abs().max() == 0  # no query looks ahead
         upper = torch.ones(6, 6, dtype=torch.bool).triu(1)
         assert bidir[:, upper].min() > 0        # every query sees every later key too
 
 
 def test_plot_failures_are_one_error_line(tmp_path, capsys):
-    """What `python utils/plot.py ...` does: run_main(main) turns each failure into one `error:` line."""
+    """What `python utils/plot.py` does: run_main(main) makes each failure one `error:` line."""
     from utils.runtime import run_main
     from utils import plot
     (tmp_path / 'run').mkdir()

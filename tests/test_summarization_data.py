@@ -20,9 +20,11 @@ LONG = ' '.join(f'word{i}' for i in range(200))  # far more than 96 tokens
 @pytest.fixture(scope='module')
 def enc():
     # tiktoken reads the GPT-2 BPE files from this cache instead of downloading them
-    cache = os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(ROOT, '..', 'shared', 'data', 'tiktoken_cache'))
+    cache = os.environ.setdefault('TIKTOKEN_CACHE_DIR',
+                                  os.path.join(ROOT, '..', 'shared', 'data', 'tiktoken_cache'))
     if not os.path.isdir(cache):
-        pytest.skip(f"no GPT-2 tokenizer files at TIKTOKEN_CACHE_DIR={cache}, and tests must not download them")
+        pytest.skip(f"no GPT-2 tokenizer files at TIKTOKEN_CACHE_DIR={cache}, "
+                    f"and tests must not download them")
     import tiktoken
     return tiktoken.get_encoding('gpt2')
 
@@ -43,13 +45,15 @@ def run(module, src, out, *extra):
 
 def test_dialogsum(enc, tmp_path):
     dialogue = "#Person1#: Hi, how are you?\n#Person2#: Fine, thanks."
-    short = {'fname': 'x', 'dialogue': dialogue + "\n", 'summary': "#Person2# is fine.", 'topic': 't'}
+    short = {'fname': 'x', 'dialogue': dialogue + "\n", 'summary': "#Person2# is fine.",
+             'topic': 't'}
     long_ = {**short, 'dialogue': dialogue + "\n#Person1#: " + LONG}
     src = tmp_path / 'src'
     write_jsonl(src / 'dialogsum.train.jsonl', [short, long_, short])
     write_jsonl(src / 'dialogsum.dev.jsonl', [long_, {**short, 'summary': LONG}])
-    write_jsonl(src / 'dialogsum.test.jsonl', [{'fname': 'y', 'dialogue': long_['dialogue'],
-                                                'summary1': 'a.', 'summary2': 'b.', 'summary3': 'c.'}])
+    write_jsonl(src / 'dialogsum.test.jsonl',
+                [{'fname': 'y', 'dialogue': long_['dialogue'],
+                  'summary1': 'a.', 'summary2': 'b.', 'summary3': 'c.'}])
     mod = load_script('dialogsum')
     stats = run(mod, src, tmp_path / 'dialogsum')
     assert (stats['train']['examples'], stats['train']['dropped']) == (2, 1)
@@ -57,12 +61,14 @@ def test_dialogsum(enc, tmp_path):
     assert (stats['test']['truncated'], stats['test']['answers_cut']) == (1, 0)
 
     meta, splits = read_out(tmp_path / 'dialogsum')
-    assert set(meta.pop('files')) == {'train.jsonl', 'val.jsonl', 'test.jsonl'}  # their hashes (test_robust_data.py)
-    assert meta == {'name': 'dialogsum', 'tokenizer': 'gpt2', 'vocab_size': 50257, 'eos': EOS, 'pad': EOS,
-                    'bos': None, 'metric': 'rouge', 'block_size': BLOCK, 'max_answer': MAX_ANSWER,
+    # their hashes (test_robust_data.py)
+    assert set(meta.pop('files')) == {'train.jsonl', 'val.jsonl', 'test.jsonl'}
+    assert meta == {'name': 'dialogsum', 'tokenizer': 'gpt2', 'vocab_size': 50257, 'eos': EOS,
+                    'pad': EOS, 'bos': None, 'metric': 'rouge', 'block_size': BLOCK,
+                    'max_answer': MAX_ANSWER,
                     'template': mod.TEMPLATE}  # sample.py wraps a raw text with it
     train = splits['train'][0]
-    # an untruncated prompt is exactly the tokenized template (the dialogue's trailing newline stripped)
+    # an untruncated prompt is exactly the tokenized template, the dialogue's final newline stripped
     assert train['prompt'] == enc.encode_ordinary(mod.TEMPLATE.format(text=dialogue))
     assert train['answer'] == enc.encode_ordinary(" #Person2# is fine.") + [EOS]
     assert 'refs' not in train
@@ -70,7 +76,8 @@ def test_dialogsum(enc, tmp_path):
     cut = splits['val'][0]['prompt']
     assert len(cut) == BLOCK - MAX_ANSWER
     text = enc.decode(cut)
-    assert text.startswith("Summarize the dialogue.\n\n#Person1#: Hi") and text.endswith("word199\n\nSummary:")
+    assert (text.startswith("Summarize the dialogue.\n\n#Person1#: Hi")
+            and text.endswith("word199\n\nSummary:"))
     long_answer = splits['val'][1]['answer']
     assert len(long_answer) == MAX_ANSWER and long_answer[-1] == EOS
     assert splits['val'][1]['refs'] == [LONG]
@@ -88,7 +95,8 @@ def test_dialogsum(enc, tmp_path):
 
 
 def test_scitldr(enc, tmp_path):
-    rec = {'source': ["We study cats. ", "Cats sleep a lot."], 'target': ["Cats sleep.", "A cat study."],
+    rec = {'source': ["We study cats. ", "Cats sleep a lot."],
+           'target': ["Cats sleep.", "A cat study."],
            'paper_id': 'p', 'title': 't'}
     long_ = {**rec, 'source': rec['source'] + [LONG]}
     src = tmp_path / 'src'

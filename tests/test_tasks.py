@@ -1,4 +1,4 @@
-"""Tests for data/tasks.py: loading tasks, tokenizers, right/left-padded batches, block-size check."""
+"""data/tasks.py: loading tasks, tokenizers, right/left-padded batches, the block-size check."""
 import json
 import os
 
@@ -32,14 +32,17 @@ def test_collate_on_toy_batch():
     for row, ex in enumerate(task['train']):
         P, A = len(ex['prompt']), len(ex['answer'])
         assert b['targets'][row, P - 1:P + A - 1].tolist() == ex['answer']
-        assert (b['targets'][row, :P - 1] == -1).all() and (b['targets'][row, P + A - 1:] == -1).all()
+        assert ((b['targets'][row, :P - 1] == -1).all()
+                and (b['targets'][row, P + A - 1:] == -1).all())
         assert (b['idx'][row, P + A:] == task['meta']['pad']).all()
         assert not b['valid'][row, P + A:].any()
 
 def test_collate_prompts_left_padded():
     idx, valid = tasks.collate_prompts(EXAMPLES, pad_id=0)
     assert idx.tolist() == [[0, 0, 1, 5, 6], [0, 0, 0, 1, 5], [1, 4, 4, 4, 4]]
-    assert valid.tolist() == [[False, False, True, True, True], [False, False, False, True, True], [True] * 5]
+    assert valid.tolist() == [[False, False, True, True, True],
+                              [False, False, False, True, True],
+                              [True] * 5]
     assert (idx[:, -1] != 0).all()  # every prompt ends in the last column
 
 def test_check_fits():
@@ -72,7 +75,8 @@ def write_dataset(root, name, splits=('train', 'val', 'test')):
             'eos': 3, 'pad': 0, 'bos': None, 'metric': 'rouge'}
     (folder / 'meta.json').write_text(json.dumps(meta))
     for split in splits:
-        rows = [{'prompt': [1, 2], 'answer': [2, 3], 'refs': ['b']}, {'prompt': [2], 'answer': [1, 3]}]
+        rows = [{'prompt': [1, 2], 'answer': [2, 3], 'refs': ['b']},
+                {'prompt': [2], 'answer': [1, 3]}]
         (folder / f'{split}.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
     return meta
 
@@ -96,7 +100,8 @@ def test_load_task_missing_says_what_to_run(tmp_path):
 def test_load_toy_passes_options():
     task = tasks.load_task('toy', seed=3, n_train=10, n_val=5, ops='RS', op_position='before')
     assert len(task['train']) == 10 and len(task['val']) == 5
-    assert {ex['op'] for ex in task['train']} == {'R', 'S'} and task['meta']['op_position'] == 'before'
+    assert ({ex['op'] for ex in task['train']} == {'R', 'S'}
+            and task['meta']['op_position'] == 'before')
 
 
 def test_gpt2_tokenizer_without_its_files_says_where_to_point(monkeypatch, tmp_path):

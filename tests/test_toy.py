@@ -55,7 +55,8 @@ def test_deterministic_for_a_seed():
     assert small()['val'] == small(n_train=50)['val']
 
 def test_splits_do_not_overlap_and_ops_balanced():
-    task = small(min_len=1, max_len=2, n_symbols=3, ops='CR', n_train=20, n_val=4)  # 24 of 24 possible
+    # 24 of the 24 possible prompts
+    task = small(min_len=1, max_len=2, n_symbols=3, ops='CR', n_train=20, n_val=4)
     prompts = [tuple(ex['prompt']) for ex in task['train'] + task['val']]
     assert len(prompts) == len(set(prompts)) == 24
     assert sorted(ex['op'] for ex in task['train']).count('C') == 10
@@ -63,7 +64,8 @@ def test_splits_do_not_overlap_and_ops_balanced():
         small(min_len=1, max_len=2, n_symbols=3, ops='CR', n_train=21, n_val=4)
 
 def test_bad_options_raise():
-    for kw in ({'ops': 'CX'}, {'ops': ''}, {'op_position': 'middle'}, {'min_len': 5, 'max_len': 4}, {'n_symbols': 0}):
+    for kw in ({'ops': 'CX'}, {'ops': ''}, {'op_position': 'middle'},
+               {'min_len': 5, 'max_len': 4}, {'n_symbols': 0}):
         with pytest.raises(ValueError):
             small(**kw)
 
@@ -82,7 +84,8 @@ def test_text_round_trip():
 
 def test_exact_match_by_op():
     meta = toy.toy_meta()
-    exs = [toy.make_example(op, d, meta) for op, d in [('R', '31415'), ('R', '12'), ('S', '31'), ('C', '5')]]
+    exs = [toy.make_example(op, d, meta)
+           for op, d in [('R', '31415'), ('R', '12'), ('S', '31'), ('C', '5')]]
     preds = [ids('51431$', meta),   # wrong
              ids('21$..', meta),    # right, junk after EOS ignored
              ids('13', meta),       # right, ran out of tokens before EOS

@@ -10,9 +10,9 @@ import sample
 import train
 from helpers import kill_after_first_checkpoint
 
-TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=16', '--eval_iters=2',
-        '--eval_examples=16', '--toy_n_train=400', '--toy_n_val=40', '--toy_max_len=6', '--warmup_iters=5',
-        '--device=cpu']
+TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=16',
+        '--eval_iters=2', '--eval_examples=16', '--toy_n_train=400', '--toy_n_val=40',
+        '--toy_max_len=6', '--warmup_iters=5', '--device=cpu']
 
 
 def run(tmp_path, *args, name='out'):
@@ -40,7 +40,8 @@ def test_a_tiny_run_writes_its_log_checkpoint_and_plots(tmp_path):
 
 
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
-    args = ['--method=causal', '--max_iters=8', '--eval_interval=4', '--dropout=0.1']  # dropout: the RNG matters too
+    # dropout: the RNG matters too
+    args = ['--method=causal', '--max_iters=8', '--eval_interval=4', '--dropout=0.1']
     run(tmp_path, *args, name='straight')
     straight = read_log(str(tmp_path / 'straight'))
 
@@ -53,9 +54,9 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypa
 
 
 def test_a_short_run_learns_an_easy_task_and_sample_py_uses_it(tmp_path, capsys):
-    last, out = run(tmp_path, '--method=causal', '--toy_ops=C', '--toy_min_len=2', '--toy_max_len=4',
-                    '--toy_n_symbols=5', '--max_iters=500', '--eval_interval=500', '--learning_rate=3e-3',
-                    '--eval_examples=40')
+    last, out = run(tmp_path, '--method=causal', '--toy_ops=C', '--toy_min_len=2',
+                    '--toy_max_len=4', '--toy_n_symbols=5', '--max_iters=500',
+                    '--eval_interval=500', '--learning_rate=3e-3', '--eval_examples=40')
     assert last['exact_match'] >= 60, last  # chance is ~0.1%; broken learning stays near 0
     capsys.readouterr()
     answers = sample.main([f'--ckpt={out}/ckpt.pt', '--start=0123 C, 4321 C'])
@@ -63,9 +64,10 @@ def test_a_short_run_learns_an_easy_task_and_sample_py_uses_it(tmp_path, capsys)
 
 
 def test_lora_fine_tuning_from_a_saved_base_keeps_only_adapters(tmp_path):
-    _, base = run(tmp_path, '--method=causal', '--toy_ops=C', '--max_iters=3', '--eval_interval=3', name='base')
-    _, out = run(tmp_path, '--method=causal', '--toy_ops=R', '--max_iters=3', '--eval_interval=3', '--peft=lora',
-                 f'--init_from={base}/ckpt.pt', '--lora_r=4', name='lora')
+    _, base = run(tmp_path, '--method=causal', '--toy_ops=C', '--max_iters=3', '--eval_interval=3',
+                  name='base')
+    _, out = run(tmp_path, '--method=causal', '--toy_ops=R', '--max_iters=3', '--eval_interval=3',
+                 '--peft=lora', f'--init_from={base}/ckpt.pt', '--lora_r=4', name='lora')
     ckpt = torch.load(f'{out}/ckpt.pt', weights_only=True)
     assert ckpt['adapter_only'] and ckpt['model'] and all('lora_' in k for k in ckpt['model'])
     model, gpt, _ = checkpoint.model_from_checkpoint(f'{out}/ckpt.pt')
@@ -102,8 +104,10 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path,
     (['--bitune_variant=halfway'], "bitune_variant='halfway': choose one of"),
     (['--threads=-1'], "threads"),
     # variants that read the prompt once have no causal Pass B to take pivots from
-    (['--method=bitune_bai', '--bai_pivots=B', '--bitune_variant=naive'], "variant 'naive' does not have"),
-    (['--method=bitune_bai', '--bai_pivots=B', '--bitune_variant=no_mixing'], "variant 'no_mixing' does not have"),
+    (['--method=bitune_bai', '--bai_pivots=B', '--bitune_variant=naive'],
+     "variant 'naive' does not have"),
+    (['--method=bitune_bai', '--bai_pivots=B', '--bitune_variant=no_mixing'],
+     "variant 'no_mixing' does not have"),
 ])
 def test_bad_configuration_fails_at_start_up(tmp_path, args, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
@@ -115,13 +119,15 @@ def test_threads_sets_torchs_cpu_threads(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, 'set_num_threads', asked.append)
     run(tmp_path, '--method=causal', '--max_iters=1', '--threads=1')
     sample.main([f'--ckpt={tmp_path / "out" / "ckpt.pt"}', '--start=123 R', '--threads=1'])
-    run(tmp_path, '--method=causal', '--max_iters=1', name='default')  # 0: torch's own default, untouched
+    # --threads=0: torch's own default, untouched
+    run(tmp_path, '--method=causal', '--max_iters=1', name='default')
     assert asked == [1, 1]
 
 
 def test_learning_rate_schedule():
     from types import SimpleNamespace
-    c = SimpleNamespace(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110, decay='cosine')
+    c = SimpleNamespace(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110,
+                        decay='cosine')
     assert train.lr_at(0, c) == pytest.approx(0.1) and train.lr_at(9, c) == pytest.approx(1.0)
     assert train.lr_at(60, c) == pytest.approx(0.55) and train.lr_at(110, c) == pytest.approx(0.1)
     c.decay = 'linear'
@@ -141,7 +147,8 @@ def test_each_method_trains_logs_its_numbers_and_samples(tmp_path, method, capsy
         assert 'mix_theta_k' in ckpt['model'] and any('lora_A.bidir' in k for k in ckpt['model'])
     if method.endswith('bai'):
         assert rows[-1]['bai_loss'] > 0 and rows[-1]['bai_weight'] == 1.0
-    # sample.py rebuilds the same model from the checkpoint (Bitune generates with its two-pass prefill)
+    # sample.py rebuilds the same model from the checkpoint
+    # (Bitune generates with its two-pass prefill)
     model, _, _ = checkpoint.model_from_checkpoint(os.path.join(out, 'ckpt.pt'))
     assert type(model).__name__ == ('Bitune' if method.startswith('bitune') else 'GPT')
     assert len(sample.main([f'--ckpt={out}/ckpt.pt', '--start=0123 R'])) == 1

@@ -1,9 +1,11 @@
 """
-Tests for utils/weights.py: the safetensors reader (files written by tests/helpers.py), the GPT-2 key mapping, loading into GPT, and clear errors.
+Tests for utils/weights.py: the safetensors reader (files written by tests/helpers.py), the GPT-2
+key mapping, loading into GPT, and clear errors.
 Run: python -m pytest -q tests/test_weights.py
 
-The checkpoints are tiny random GPT-2s written in the hub's layout (Conv1D weights stored (in, out)); the
-logits of the loaded model are compared with a plain-torch GPT-2 forward written here from those raw tensors.
+The checkpoints are tiny random GPT-2s written in the hub's layout (Conv1D weights stored
+(in, out)); the logits of the loaded model are compared with a plain-torch GPT-2 forward written
+here from those raw tensors.
 """
 import io
 import json
@@ -14,6 +16,7 @@ import urllib.error
 import pytest
 import torch
 
+from adapters import add_adapters
 from helpers import write_safetensors
 from utils import weights
 
@@ -21,15 +24,17 @@ CFG = dict(n_layer=2, n_head=2, n_embd=8, n_positions=16, vocab_size=11)
 
 
 def hub_tensors(seed=0, prefix='transformer.', buffers=True):
-    """Random weights named and shaped as in a GPT-2 hub checkpoint (no lm_head: it is tied to wte)."""
+    """Random weights named and shaped as in a GPT-2 hub checkpoint (no lm_head: tied to wte)."""
     g = torch.Generator().manual_seed(seed)
     C, V, T = CFG['n_embd'], CFG['vocab_size'], CFG['n_positions']
-    r = lambda *s: torch.randn(*s, generator=g) * 0.3  # large enough that a wrong gelu/eps/transpose shows up
+    # large enough that a wrong gelu/eps/transpose shows up
+    r = lambda *s: torch.randn(*s, generator=g) * 0.3
     t = {'wte.weight': r(V, C), 'wpe.weight': r(T, C), 'ln_f.weight': 1 + r(C), 'ln_f.bias': r(C)}
     for i in range(CFG['n_layer']):
         h = f'h.{i}.'
-        t |= {h + 'ln_1.weight': 1 + r(C), h + 'ln_1.bias': r(C), h + 'ln_2.weight': 1 + r(C), h + 'ln_2.bias': r(C),
-              h + 'attn.c_attn.weight': r(C, 3 * C), h + 'attn.c_attn.bias': r(3 * C),  # Conv1D: (in, out)
+        t |= {h + 'ln_1.weight': 1 + r(C), h + 'ln_1.bias': r(C),
+              h + 'ln_2.weight': 1 + r(C), h + 'ln_2.bias': r(C),
+              h + 'attn.c_attn.weight': r(C, 3 * C), h + 'attn.c_attn.bias': r(3 * C),  # (in, out)
               h + 'attn.c_proj.weight': r(C, C), h + 'attn.c_proj.bias': r(C),
               h + 'mlp.c_fc.weight': r(C, 4 * C), h + 'mlp.c_fc.bias': r(4 * C),
               h + 'mlp.c_proj.weight': r(4 * C, C), h + 'mlp.c_proj.bias': r(C)}
@@ -48,7 +53,7 @@ def write_ckpt(d, tensors, cfg=CFG):
 
 
 def reference_gpt2(w, idx):
-    """GPT-2 forward straight from hub-layout tensors (keys without prefix), independent of model.py."""
+    """GPT-2 forward from hub-layout tensors (keys without prefix), independent of model.py."""
     nh, C = CFG['n_head'], CFG['n_embd']
     B, T = idx.shape
 
@@ -64,7 +69,8 @@ def reference_gpt2(w, idx):
         h = f'h.{i}.'
         q, k, v = lin(ln(x, h + 'ln_1'), h + 'attn.c_attn').split(C, dim=2)
         q, k, v = (z.view(B, T, nh, C // nh).transpose(1, 2) for z in (q, k, v))  # (B, nh, T, hs)
-        att = (q @ k.transpose(-2, -1) / math.sqrt(C // nh)).masked_fill(~causal, float('-inf')).softmax(-1)
+        att = ((q @ k.transpose(-2, -1) / math.sqrt(C // nh))
+               .masked_fill(~causal, float('-inf')).softmax(-1))
         y = (att @ v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         x = x + lin(y, h + 'attn.c_proj')
         x = x + lin(gelu(lin(ln(x, h + 'ln_2'), h + 'mlp.c_fc')), h + 'mlp.c_proj')
@@ -75,14 +81,16 @@ def reference_gpt2(w, idx):
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
 def test_safetensors_roundtrip(tmp_path, dtype):
-    t = {'a': torch.randn(3, 5).to(dtype), 'b.c': torch.randn(7).to(dtype), 'scalar': torch.tensor(2.5, dtype=dtype),
-         'empty': torch.zeros(0, 4, dtype=dtype), 'ids': torch.arange(6, dtype=torch.int64).view(2, 3)}
+    t = {'a': torch.randn(3, 5).to(dtype), 'b.c': torch.randn(7).to(dtype),
+         'scalar': torch.tensor(2.5, dtype=dtype), 'empty': torch.zeros(0, 4, dtype=dtype),
+         'ids': torch.arange(6, dtype=torch.int64).view(2, 3)}
     p = str(tmp_path / 'x.safetensors')
     write_safetensors(p, t, metadata={'format': 'pt'})
     back = weights.read_safetensors(p)
     assert set(back) == set(t)  # __metadata__ is not a tensor
     for k in t:
-        assert back[k].dtype == t[k].dtype and back[k].shape == t[k].shape and torch.equal(back[k], t[k])
+        assert (back[k].dtype == t[k].dtype and back[k].shape == t[k].shape
+                and torch.equal(back[k], t[k]))
     assert not os.path.exists(p + '.tmp')
 
 
@@ -93,7 +101,8 @@ def test_safetensors_layout(tmp_path):
     raw = open(p, 'rb').read()
     n = int.from_bytes(raw[:8], 'little')
     assert json.loads(raw[8:8 + n]) == {'w': {'dtype': 'F16', 'shape': [2], 'data_offsets': [0, 4]}}
-    assert (8 + n) % 8 == 0 and raw[8 + n:] == bytes.fromhex('003c00c0')  # 1.0 and -2.0 in little-endian f16
+    # 1.0 and -2.0 in little-endian f16
+    assert (8 + n) % 8 == 0 and raw[8 + n:] == bytes.fromhex('003c00c0')
 
 
 def test_safetensors_bad_files(tmp_path):
@@ -120,12 +129,16 @@ def test_safetensors_bad_files(tmp_path):
 def test_load_gpt2_mapping(tmp_path):
     raw = hub_tensors()
     cfg, sd = weights.load_gpt2(write_ckpt(tmp_path / 'a', raw))
-    assert cfg == dict(n_layer=2, n_head=2, n_embd=8, vocab_size=11, block_size=16, bias=True, dropout=0.0)
-    assert not any(k.endswith(('.attn.bias', '.attn.masked_bias')) for k in sd)  # mask buffers dropped
+    assert cfg == dict(n_layer=2, n_head=2, n_embd=8, vocab_size=11, block_size=16, bias=True,
+                       dropout=0.0)
+    # mask buffers dropped
+    assert not any(k.endswith(('.attn.bias', '.attn.masked_bias')) for k in sd)
     assert all(k.startswith('transformer.') for k in sd if k != 'lm_head.weight')
     # Conv1D (in, out) -> Linear (out, in); everything else unchanged; lm_head tied to wte
-    assert torch.equal(sd['transformer.h.1.mlp.c_fc.weight'], raw['transformer.h.1.mlp.c_fc.weight'].T)
-    assert torch.equal(sd['transformer.h.0.attn.c_attn.bias'], raw['transformer.h.0.attn.c_attn.bias'])
+    assert torch.equal(sd['transformer.h.1.mlp.c_fc.weight'],
+                       raw['transformer.h.1.mlp.c_fc.weight'].T)
+    assert torch.equal(sd['transformer.h.0.attn.c_attn.bias'],
+                       raw['transformer.h.0.attn.c_attn.bias'])
     assert torch.equal(sd['lm_head.weight'], raw['transformer.wte.weight'])
     # the other key style (no prefix, no buffers) gives the same state dict
     _, sd2 = weights.load_gpt2(write_ckpt(tmp_path / 'b', hub_tensors(prefix='', buffers=False)))
@@ -204,7 +217,8 @@ def test_load_into_errors(tmp_path):
     assert "unexpected keys: ['transformer.h.7.extra']" in msg
     assert 'transformer.h.0.attn.c_proj.weight: expected (8, 8), got (8, 9)' in msg
     # a model with LoRA adapters still loads a plain checkpoint, and the (fresh) adapters are kept
-    if hasattr(model_mod, 'add_adapters'):
-        model_mod.add_adapters(model, names=('causal',), r=2)
-        weights.load_into(model, sd)
-        assert torch.equal(model.transformer.h[0].mlp.c_fc.weight, sd['transformer.h.0.mlp.c_fc.weight'])
+    add_adapters(model, names=('causal',), r=2)
+    weights.load_into(model, sd)
+    assert torch.equal(model.transformer.h[0].mlp.c_fc.weight,
+                       sd['transformer.h.0.mlp.c_fc.weight'])
+    assert torch.equal(model.transformer.h[0].mlp.c_fc.lora_B['causal'], torch.zeros(32, 2))

@@ -2,8 +2,10 @@
 Data-parallel training on several processes: PyTorch's torch.distributed and
 DistributedDataParallel (DDP), one process per GPU (or per CPU slot), started by torchrun.
 
-    torchrun --standalone --nproc_per_node=4 train.py config/lab_toy.py   # 4 processes on one machine
-    python train.py config/lab_toy.py                                    # one process: nothing here runs
+    # 4 processes on one machine
+    torchrun --standalone --nproc_per_node=4 train.py config/lab_toy.py
+    # one process: nothing here runs
+    python train.py config/lab_toy.py
 
 torchrun tells each process its place through environment variables (RANK, LOCAL_RANK,
 WORLD_SIZE). Every process holds the whole model and takes its own slice of each batch; DDP
@@ -29,10 +31,12 @@ def setup(device):
     Returns (rank, world_size, device), the device now naming this process's own GPU."""
     if not launched():
         return 0, 1, device
-    rank, local_rank, world = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+    rank, local_rank, world = (int(os.environ['RANK']), int(os.environ['LOCAL_RANK']),
+                               int(os.environ['WORLD_SIZE']))
     cuda = device.startswith('cuda')
     if cuda:
-        device = f'cuda:{local_rank}'  # one GPU per process, numbered within its machine (cuda:N is ignored)
+        # one GPU per process, numbered within its machine (cuda:N is ignored)
+        device = f'cuda:{local_rank}'
         torch.cuda.set_device(device)
     elif device != 'cpu':
         raise ValueError(f"device={device!r}: several processes need CUDA (NCCL) or the CPU (gloo)")
@@ -42,7 +46,8 @@ def setup(device):
     dist.init_process_group('nccl' if cuda else 'gloo', timeout=timedelta(minutes=30),
                             device_id=torch.device(device) if cuda else None)
     if rank > 0:
-        sys.stdout = open(os.devnull, 'w')  # one copy of every printed line; errors still reach stderr
+        # one copy of every printed line; errors still reach stderr
+        sys.stdout = open(os.devnull, 'w')
     return rank, world, device
 
 
@@ -77,28 +82,31 @@ def wrap(model, loss_fn, device, unused_parameters):
     from what forward returned and marks every parameter it does not meet as done. LossOf makes
     that walk start from the loss alone (Bitune's forward also returns its prompt passes' hidden
     states, which do depend on those adapters), and hands loss_fn the model itself, whose
-    attributes DDP would hide (BAI reads the embeddings). The walk costs time on every forward, so the other
-    methods, whose every trainable parameter reaches the loss, go without it (and DDP reports it
-    clearly if one does not).
+    attributes DDP would hide (BAI reads the embeddings). The walk costs time on every forward,
+    so the other methods, whose every trainable parameter reaches the loss, go without it (and
+    DDP reports it clearly if one does not).
     """
     if not dist.is_initialized():
         return lambda *args: loss_fn(model, *args)
-    return DistributedDataParallel(LossOf(model, loss_fn), device_ids=[device] if device.startswith('cuda') else None,
+    return DistributedDataParallel(LossOf(model, loss_fn),
+                                   device_ids=[device] if device.startswith('cuda') else None,
                                    find_unused_parameters=unused_parameters)
 
 
 def no_sync(ddp_model, sync):
     """Gradient accumulation: backward without the all-reduce, except when sync is True
     (the step's last micro-batch), whose all-reduce then sums everything accumulated."""
-    return ddp_model.no_sync() if isinstance(ddp_model, DistributedDataParallel) and not sync else nullcontext()
+    return (ddp_model.no_sync() if isinstance(ddp_model, DistributedDataParallel) and not sync
+            else nullcontext())
 
 
 def all_sum(values):
     """A list of numbers summed over all processes (in float64: token counts stay exact)."""
     if not dist.is_initialized():
         return values
+    # NCCL reduces GPU tensors only
     t = torch.tensor(values, dtype=torch.float64,
-                     device='cuda' if dist.get_backend() == 'nccl' else 'cpu')  # NCCL reduces GPU tensors only
+                     device='cuda' if dist.get_backend() == 'nccl' else 'cpu')
     dist.all_reduce(t)
     return t.tolist()
 

@@ -19,7 +19,7 @@ default settings of the `rouge-score` package, so numbers are comparable:
   - several references: the max F over references, separately per metric
     (what rouge-score's score_multi does).
 
-    rouge("the cat sat", ["a cat sat down"])  # {'rouge1': ..., 'rouge2': ..., 'rougeL': ...} in [0, 1]
+    rouge("the cat sat", ["a cat sat down"])  # {'rouge1': .., 'rouge2': .., 'rougeL': ..} in [0, 1]
     corpus_rouge(preds, refs)                 # mean over examples, in percent
 """
 import re
@@ -96,7 +96,8 @@ def corpus_rouge(preds, refs):
     preds: list of strings; refs: list of the same length, each a string or a list of strings.
     """
     if len(preds) != len(refs):
-        raise ValueError(f"got {len(preds)} predictions but {len(refs)} reference entries; they must pair up")
+        raise ValueError(f"got {len(preds)} predictions but {len(refs)} reference entries; "
+                         f"they must pair up")
     if len(preds) == 0:
         raise ValueError("corpus_rouge() needs at least one example")
     total = dict.fromkeys(METRICS, 0.0)
@@ -123,8 +124,9 @@ def generate_answers(model, examples, meta, device, batch_size=64, max_new_token
         idx, valid = collate_prompts(chunk, device, pad_id=meta['pad'])
         n_new = min(max_new_tokens, block_size - idx.size(1))
         if n_new < 1:
-            raise ValueError(f"a prompt of {idx.size(1)} tokens leaves no room to generate in block_size "
-                             f"{block_size}; truncate the prompts (see the dataset's prepare.py)")
+            raise ValueError(f"a prompt of {idx.size(1)} tokens leaves no room to generate in "
+                             f"block_size {block_size}; "
+                             f"truncate the prompts (see the dataset's prepare.py)")
         out = model.generate(idx, n_new, temperature=0, valid=valid, stop_token=meta['eos'])
         for row in out[:, idx.size(1):].tolist():
             answers.append(row[:row.index(meta['eos']) + 1] if meta['eos'] in row else row)
@@ -133,17 +135,20 @@ def generate_answers(model, examples, meta, device, batch_size=64, max_new_token
 
 
 def evaluate_task(model, examples, meta, device, batch_size=64, max_new_tokens=None, n_show=3):
-    """{'metric name': value, ...} and a few printable lines (mistakes, or summaries next to references)."""
+    """{'metric name': value, ...} and a few printable lines (mistakes, or summaries next to
+    references)."""
     answers = generate_answers(model, examples, meta, device, batch_size, max_new_tokens)
     if meta['metric'] == 'exact_match':
         r = toy.exact_match_by_op(examples, answers, meta, n_show=n_show)
         # percent, like ROUGE: 'exact_match' overall, 'em_R' etc. per operation
-        scores = {'exact_match': 100 * r['acc'], **{f"em_{op}": 100 * acc for op, acc in r['per_op'].items()}}
+        scores = {'exact_match': 100 * r['acc'],
+                  **{f"em_{op}": 100 * acc for op, acc in r['per_op'].items()}}
         return scores, r['mistakes']
     tok = get_tokenizer(meta)
     eos = meta['eos']
     preds = [tok.decode([t for t in a if t != eos]).strip() for a in answers]
-    refs = [ex.get('refs') or [tok.decode([t for t in ex['answer'] if t != eos]).strip()] for ex in examples]
+    refs = [ex.get('refs') or [tok.decode([t for t in ex['answer'] if t != eos]).strip()]
+            for ex in examples]
     scores = corpus_rouge(preds, refs)
     lines = [f"model: {p!r}\n  ref: {r[0]!r}" for p, r in zip(preds[:n_show], refs[:n_show])]
     return scores, lines

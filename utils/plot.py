@@ -1,20 +1,22 @@
 """
 Pictures of a training run, drawn from its out_dir/log.jsonl:
 
-    python utils/plot.py out            # writes out/loss.png, out/metric.png (and out/alpha.png for Bitune)
+    python utils/plot.py out              # writes out/loss.png, out/metric.png
+                                          #   (and out/alpha.png for Bitune)
     python utils/plot.py out "31415 R"    # also out/attention.png: how a causal and a bidirectional
-                                          # reading of that toy prompt attend in layer 0, from out/ckpt.pt
+                                          #   reading of that toy prompt attend in layer 0,
+                                          #   from out/ckpt.pt
     python utils/plot.py out "31415 R" 1  # the same in layer 1
 
 train.py calls plot_run() at the end of every run; running this file redraws
 the plots of any run, finished or not.
 """
-import json
 import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, when run as a script
+# the repo root, when run as a script
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils import runtime  # noqa: E402
 if __name__ == '__main__':  # before matplotlib loads (seconds): Ctrl-C from now on prints one line
     runtime.catch_signals("nothing was lost; run it again")
@@ -29,29 +31,27 @@ from adapters import adapter, adapter_kinds  # noqa: E402
 from data.toy import toy  # noqa: E402
 from model import attention_mask  # noqa: E402
 from utils.checkpoint import model_from_checkpoint  # noqa: E402
+from utils.rundir import read_log  # noqa: E402
 
 
 def save_png(fig, path, dpi=100):
-    """Write the figure whole or not at all (a killed run or a full disk leaves no half picture); returns path."""
+    """Write the figure whole or not at all (a killed run or a full disk leaves no half picture);
+    returns path."""
     with runtime.atomic_file(path, 'wb') as f:
         fig.savefig(f, format='png', dpi=dpi)
     plt.close(fig)
     return path
 
 
-def read_log(out_dir):
-    if not os.path.isfile(os.path.join(out_dir, 'log.jsonl')):
-        raise FileNotFoundError(f"{out_dir} holds no log.jsonl: pass the out_dir of a run of train.py "
-                                f"(python train.py writes out/)")
-    with open(os.path.join(out_dir, 'log.jsonl')) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def plot_run(out_dir):
     """Draw every plot the log has data for; returns the paths written."""
+    if not os.path.isfile(os.path.join(out_dir, 'log.jsonl')):
+        raise FileNotFoundError(f"{out_dir} holds no log.jsonl: pass the out_dir of a run of "
+                                f"train.py (python train.py writes out/)")
     rows = read_log(out_dir)
     if not rows:
-        return []
+        raise ValueError(f"{out_dir}/log.jsonl has no rows yet: a run writes its first at "
+                         f"iteration 0, once its model is built; plot it after that")
     it = [r['iter'] for r in rows]
     written = []
 
@@ -61,28 +61,34 @@ def plot_run(out_dir):
 
     # losses; for BAI the awareness loss sits beside the autoregressive one
     has_bai = any('bai_loss' in r for r in rows)
-    fig, axes = plt.subplots(1, 2 if has_bai else 1, figsize=(11 if has_bai else 6, 4), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if has_bai else 1, figsize=(11 if has_bai else 6, 4),
+                             squeeze=False)
     ax = axes[0][0]
-    ax.plot(it, [r.get('train_loss', float('nan')) for r in rows], label='train')  # none at iteration 0
+    # no train_loss at iteration 0
+    ax.plot(it, [r.get('train_loss', float('nan')) for r in rows], label='train')
     ax.plot(it, [r['val_loss'] for r in rows], label='val')
     ax.set(xlabel='iteration', ylabel='cross-entropy on answer tokens', yscale='log', title='loss')
     ax.legend()
     if has_bai:
         ax = axes[0][1]
-        ax.plot(it, [r.get('bai_loss', float('nan')) for r in rows], color='C2', label='awareness loss (train)')
+        ax.plot(it, [r.get('bai_loss', float('nan')) for r in rows], color='C2',
+                label='awareness loss (train)')
         ax.set(xlabel='iteration', ylabel='BAI loss', title='BAI awareness loss and its weight')
         twin = ax.twinx()
-        twin.plot(it, [r.get('bai_weight', float('nan')) for r in rows], color='C3', ls='--', label='weight')
+        twin.plot(it, [r.get('bai_weight', float('nan')) for r in rows], color='C3', ls='--',
+                  label='weight')
         twin.set_ylabel('lambda * Lambda(t)')
         ax.legend(loc='upper right')
     save(fig, 'loss.png')
 
     # the task metric: exact match (overall and per operation) or ROUGE
-    keys = [k for k in rows[-1] if k == 'exact_match' or k.startswith('em_') or k.startswith('rouge')]
+    keys = [k for k in rows[-1]
+            if k == 'exact_match' or k.startswith('em_') or k.startswith('rouge')]
     if keys:
         fig, ax = plt.subplots(figsize=(6, 4))
         for k in keys:
-            ax.plot(it, [r.get(k, float('nan')) for r in rows], label=k, lw=2.5 if k == 'exact_match' else 1.2)
+            ax.plot(it, [r.get(k, float('nan')) for r in rows], label=k,
+                    lw=2.5 if k == 'exact_match' else 1.2)
         ax.set(xlabel='iteration', ylabel='percent', title='task metric (greedy generation on val)')
         ax.legend()
         save(fig, 'metric.png')
@@ -94,7 +100,8 @@ def plot_run(out_dir):
             for layer in range(len(rows[-1][key])):
                 ax.plot(it, [r[key][layer] for r in rows], label=f'layer {layer}')
             ax.axhline(0.5, color='grey', lw=0.5)
-            ax.set(xlabel='iteration', title=f'Bitune {key} (1 = bidirectional pass only)', ylim=(0, 1))
+            ax.set(xlabel='iteration', title=f'Bitune {key} (1 = bidirectional pass only)',
+                   ylim=(0, 1))
         axes[0].set_ylabel('alpha')
         axes[1].legend(fontsize=8)
         save(fig, 'alpha.png')
@@ -102,7 +109,7 @@ def plot_run(out_dir):
 
 
 def attention_weights(gpt, idx, layer, attn):
-    """softmax(Q K^T / sqrt(hs)) of one layer, every head: (n_head, T, T) for a single prompt idx (1, T).
+    """softmax(Q K^T / sqrt(hs)) of one layer, every head: (n_head, T, T) for one prompt idx (1, T).
 
     SDPA never materializes these weights, so we recompute them from the block's input.
     The active adapter is whatever the caller chose (see plot_attention)."""
@@ -123,18 +130,22 @@ def attention_weights(gpt, idx, layer, attn):
 
 
 def plot_attention(out_dir, text, layer=0):
-    """out_dir/attention.png: a toy prompt read causally (top) and bidirectionally (bottom), per head.
-    For a Bitune checkpoint each reading uses its own adapter, exactly as Passes B and A do."""
+    """out_dir/attention.png: a toy prompt read causally (top) and bidirectionally (bottom),
+    per head. For a Bitune checkpoint each reading uses its own adapter, exactly as Passes B
+    and A do."""
     model, gpt, ckpt = model_from_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
     meta = ckpt['meta']
     if not 0 <= layer < gpt.config.n_layer:
         raise ValueError(f"layer {layer}: the model has layers 0..{gpt.config.n_layer - 1}")
     if meta['tokenizer'] != 'char':
-        raise ValueError("attention pictures are drawn for toy checkpoints (one character per token)")
-    *prompt, last = toy.parse_prompt(text, meta)  # Bitune's prefix: the prompt minus its last token
+        raise ValueError("attention pictures are drawn for toy checkpoints "
+                         "(one character per token)")
+    # Bitune's prefix: the prompt minus its last token
+    *prompt, last = toy.parse_prompt(text, meta)
     idx = torch.tensor([prompt])
     labels = [meta['itos'][t] for t in prompt]
-    readings = [('causal', getattr(model, 'causal_adapter', None)), ('bidir', getattr(model, 'a_adapter', None))]
+    readings = [('causal', getattr(model, 'causal_adapter', None)),
+                ('bidir', getattr(model, 'a_adapter', None))]
     nh = gpt.config.n_head
     fig, axes = plt.subplots(2, nh, figsize=(2.6 * nh + 1, 6), squeeze=False)
     for row, (attn, name) in enumerate(readings):
@@ -145,13 +156,14 @@ def plot_attention(out_dir, text, layer=0):
             im = ax.imshow(w[h].numpy(), vmin=0, vmax=1, cmap='viridis')
             ax.set_xticks(range(len(labels)), labels, fontsize=8)
             ax.set_yticks(range(len(labels)), labels, fontsize=8)
-            ax.set_title(f"{'causal (Pass B)' if attn == 'causal' else 'bidirectional (Pass A)'}, head {h}",
-                         fontsize=9)
-    fig.suptitle(f"layer {layer} attention weights on Bitune's prefix of {text!r}: the prompt minus its last token "
-                 f"{meta['itos'][last]!r}\n(rows: queries, columns: keys; "
-                 f"each row sums to 1)", fontsize=10)
+            ax.set_title(f"{'causal (Pass B)' if attn == 'causal' else 'bidirectional (Pass A)'}, "
+                         f"head {h}", fontsize=9)
+    fig.suptitle(f"layer {layer} attention weights on Bitune's prefix of {text!r}: "
+                 f"the prompt minus its last token {meta['itos'][last]!r}\n"
+                 f"(rows: queries, columns: keys; each row sums to 1)", fontsize=10)
     fig.tight_layout()
-    fig.colorbar(im, ax=axes, shrink=0.8, label='attention weight')  # after the layout, beside every panel
+    # after the layout, beside every panel
+    fig.colorbar(im, ax=axes, shrink=0.8, label='attention weight')
     return save_png(fig, os.path.join(out_dir, 'attention.png'))
 
 
@@ -165,4 +177,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    runtime.run_main(lambda: main(sys.argv[1:]))  # a missing folder, checkpoint or a bad prompt: one `error:` line
+    # a missing folder, checkpoint or a bad prompt: one `error:` line
+    runtime.run_main(lambda: main(sys.argv[1:]))

@@ -1,12 +1,14 @@
 """
-A run's folder (out_dir): train.py writes ckpt.pt (utils/checkpoint.py) and log.jsonl, one JSON row
-per evaluation. This file keeps the folder and its log consistent; every reader of a log goes
+A run's folder (out_dir): train.py writes ckpt.pt (utils/checkpoint.py) and log.jsonl, one JSON
+row per evaluation. This file keeps the folder and its log consistent; every reader of a log goes
 through read_log.
 
-    prepare_out_dir(c.out_dir, c.init_from, c.overwrite)   # train.py, before anything is written
-    rows = read_log(out_dir)                                # [] before the first evaluation
+    check_out_dir(c.out_dir, c.init_from, c.overwrite)   # train.py, before anything is written
+    open_run(c.out_dir, resumed_at, c.overwrite)          # when the run starts writing
+    rows = read_log(out_dir)                              # [] before the first evaluation
 """
 import json
+import math
 import os
 
 from utils.runtime import atomic_file
@@ -22,23 +24,27 @@ def check_out_dir(out_dir, init_from, overwrite):
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"out_dir={out_dir!r} cannot be created ({e.strerror}); choose another folder") from None
+        raise ValueError(f"out_dir={out_dir!r} cannot be created ({e.strerror}); "
+                         f"choose another folder") from None
     if not os.access(out_dir, os.W_OK):
         raise ValueError(f"out_dir={out_dir!r} is not writable; choose another folder")
     own = os.path.abspath(os.path.join(out_dir, 'ckpt.pt'))
     if init_from.endswith('.pt') and os.path.abspath(init_from) == own:
-        raise ValueError(f"init_from={init_from!r} is this run's own checkpoint, which it would overwrite; "
-                         f"to continue that run use --init_from=resume, else choose another out_dir")
+        raise ValueError(f"init_from={init_from!r} is this run's own checkpoint, "
+                         f"which it would overwrite; to continue that run use --init_from=resume, "
+                         f"else choose another out_dir")
     old = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
     if 'log.jsonl' in old and 'ckpt.pt' not in old and (init_from == 'resume' or not overwrite):
-        # killed (or out of disk) before its first checkpoint: there is nothing to resume, only to redo
+        # killed (or out of disk) before its first checkpoint: nothing to resume, only to redo
         raise ValueError(f"out_dir={out_dir!r} holds a run that stopped before writing its first "
-                         f"checkpoint (log.jsonl, no ckpt.pt), so it cannot be resumed: start it over "
-                         f"with --overwrite=True (without --init_from=resume), or choose another out_dir")
+                         f"checkpoint (log.jsonl, no ckpt.pt), so it cannot be resumed: "
+                         f"start it over with --overwrite=True (without --init_from=resume), "
+                         f"or choose another out_dir")
     if old and init_from != 'resume' and not overwrite:
-        raise ValueError(f"out_dir={out_dir!r} already holds a run ({', '.join(old)}). Continue it with "
-                         f"--init_from=resume, start it over with --overwrite=True (deletes its log and "
-                         f"checkpoint), or choose another out_dir")
+        raise ValueError(f"out_dir={out_dir!r} already holds a run ({', '.join(old)}). "
+                         f"Continue it with --init_from=resume, "
+                         f"start it over with --overwrite=True (deletes its log and checkpoint), "
+                         f"or choose another out_dir")
 
 
 def start_fresh(out_dir):
@@ -50,9 +56,9 @@ def start_fresh(out_dir):
 
 
 def read_log(out_dir):
-    """The rows of out_dir/log.jsonl ([] if there is none yet). A run killed while writing a row leaves
-    half a line, and only as the last one: it is left out. A broken line before the last, or a row
-    without its iteration, is named with what to do."""
+    """The rows of out_dir/log.jsonl ([] if there is none yet). A run killed while writing a row
+    leaves half a line, and only as the last one: it is left out. A broken line before the last, or
+    a row without its iteration, is named with what to do."""
     path = os.path.join(out_dir, 'log.jsonl')
     if not os.path.exists(path):
         return []
@@ -60,8 +66,8 @@ def read_log(out_dir):
         with open(path, encoding='utf-8') as f:
             lines = [line for line in f if line.strip()]
     except UnicodeDecodeError:
-        raise ValueError(f"{path} is not a log written by train.py (not UTF-8 text); delete that run's "
-                         f"folder and run it again") from None
+        raise ValueError(f"{path} is not a log written by train.py (not UTF-8 text); "
+                         f"delete that run's folder and run it again") from None
     rows = []
     for i, line in enumerate(lines, 1):
         try:
@@ -72,8 +78,8 @@ def read_log(out_dir):
             raise ValueError(f"{path}, line {i}, is not JSON; delete that run's folder and run it "
                              f"again") from None
         if not isinstance(row, dict) or not isinstance(row.get('iter'), int):
-            raise ValueError(f"{path}, line {i}, is not a row of train.py's log (no 'iter'); delete "
-                             f"that line, or the run's folder to run it again")
+            raise ValueError(f"{path}, line {i}, is not a row of train.py's log (no 'iter'); "
+                             f"delete that line, or the run's folder to run it again")
         rows.append(row)
     return rows
 
@@ -85,17 +91,40 @@ def append_row(out_dir, row):
 
 
 def trim_log(out_dir, iter_num):
-    """Keep the log rows up to the checkpoint's iteration: a run killed after writing a row but before
-    (or while) writing its checkpoint left rows the resumed run will write again."""
+    """Keep the log rows up to the checkpoint's iteration: a run killed after writing a row but
+    before (or while) writing its checkpoint left rows the resumed run will write again."""
     if os.path.exists(os.path.join(out_dir, 'log.jsonl')):
         rows = [r for r in read_log(out_dir) if r['iter'] <= iter_num]
         with atomic_file(os.path.join(out_dir, 'log.jsonl')) as f:
             f.writelines(json.dumps(r) + '\n' for r in rows)
 
 
-def prepare_out_dir(out_dir, init_from, overwrite, rank=0):
-    """The run's folder, ready for this run: checked (check_out_dir), and for a fresh run with
-    overwrite=True emptied of the old run's files. Only rank 0 under torchrun deletes anything."""
-    check_out_dir(out_dir, init_from, overwrite)
-    if overwrite and init_from != 'resume' and rank == 0:
+def open_run(out_dir, resumed_at, overwrite):
+    """The folder as the run starts writing (train.py, the one process that writes): a resumed
+    run's log loses the rows after its checkpoint (iteration resumed_at), which it will log again;
+    a fresh run with overwrite=True deletes the earlier run's files (check_out_dir refused them
+    otherwise)."""
+    if resumed_at is not None:
+        trim_log(out_dir, resumed_at)
+    elif overwrite:
         start_fresh(out_dir)
+
+
+class StopTraining(Exception):
+    """The run cannot go on (the loss is no longer finite); the message says why and what to do."""
+
+
+def check_finite(what, value, it, c, saved, bar, model=None):
+    """Stop a run whose numbers are no longer finite, saying truthfully whether a good checkpoint
+    exists. A checkpoint is only ever written of a finite model (model: its weights are checked)."""
+    if not math.isfinite(value):
+        problem = f"{what} became {value}"
+    elif model is not None and not all(p.isfinite().all() for p in model.parameters()):
+        problem = "the weights are no longer finite"
+    else:
+        return
+    bar.close()  # before the error line, which would otherwise share a line with the bar
+    kept = (f"{c.out_dir}/ckpt.pt keeps the last finite model (iteration {saved})" if saved
+            else "no checkpoint was written")
+    raise StopTraining(f"{problem} at iteration {it}; {kept}. Try a lower learning_rate, "
+                       f"grad_clip=1.0, or dtype='float32'.")

@@ -1,15 +1,16 @@
 """
-How every script of the project meets its user: a failure is one line that starts with `error:` and
-says what to do, never a traceback; Ctrl-C, `kill` or a dropped terminal stop a run cleanly; a file
-is written whole or not at all.
+How every script of the project meets its user: a failure is one line that starts with `error:`
+and says what to do, never a traceback; Ctrl-C, `kill` or a dropped terminal stop a run cleanly;
+a file is written whole or not at all.
 
     from utils import runtime
-    runtime.catch_signals("continue the run with --init_from=resume")   # first thing, before torch loads
+    # first thing, before torch loads
+    runtime.catch_signals("continue the run with --init_from=resume")
     ...
-    runtime.run_main(main)                                                # at the bottom of the script
+    runtime.run_main(main)  # at the bottom of the script
 
-NANOBIDIR_DEBUG=1 shows the whole traceback instead of the one line. This file imports nothing of the
-project and not torch, so a script can load it before anything slow.
+NANOBIDIR_DEBUG=1 shows the whole traceback instead of the one line. This file imports nothing of
+the project and not torch, so a script can load it before anything slow.
 """
 import errno
 import os
@@ -21,16 +22,17 @@ from contextlib import contextmanager
 HOW_TO_CONTINUE = ''
 # the signals that stop a run: Ctrl-C, `kill` (or a job scheduler, or torchrun), a closed terminal
 # or dropped ssh session. Windows has no SIGHUP.
-STOPS = tuple(getattr(signal, name) for name in ('SIGINT', 'SIGTERM', 'SIGHUP') if hasattr(signal, name))
+STOPS = tuple(getattr(signal, name) for name in ('SIGINT', 'SIGTERM', 'SIGHUP')
+              if hasattr(signal, name))
 
 
 def catch_signals(how_to_continue):
-    """Called first thing by a script started from the command line, before its slow imports (torch
-    takes seconds to load): from then on a stop signal ends it with one line, `error: interrupted;
-    <how_to_continue>`. Until run_main starts main() the process just exits: nothing has been written
-    yet, and an interrupt raised inside a library's import can come out as some other error. Inside
-    main() the signals raise KeyboardInterrupt, so the clean-up runs (atomic_file removes its .tmp)
-    before run_main prints the line."""
+    """Called first thing by a script started from the command line, before its slow imports
+    (torch takes seconds to load): from then on a stop signal ends it with one line,
+    `error: interrupted; <how_to_continue>`. Until run_main starts main() the process just exits:
+    nothing has been written yet, and an interrupt raised inside a library's import can come out
+    as some other error. Inside main() the signals raise KeyboardInterrupt, so the clean-up runs
+    (atomic_file removes its .tmp) before run_main prints the line."""
     global HOW_TO_CONTINUE
     HOW_TO_CONTINUE = how_to_continue
     for sig in STOPS:
@@ -51,10 +53,11 @@ def _name(signum):
 
 
 def run_main(main, *known):
-    """Run a script's main() for a person at a terminal: a failure prints one line, `error: ...`, and
-    exits with status 1 (130 for a stop signal). `known`: exception types whose message is written for
-    the user, like a ValueError raised by this project's code."""
-    if signal.getsignal(signal.SIGINT) is _exit_now:  # catch_signals ran: from here on, stops clean up
+    """Run a script's main() for a person at a terminal: a failure prints one line, `error: ...`,
+    and exits with status 1 (130 for a stop signal). `known`: exception types whose message is
+    written for the user, like a ValueError raised by this project's code."""
+    # catch_signals ran: from here on, stops clean up
+    if signal.getsignal(signal.SIGINT) is _exit_now:
         for sig in STOPS:
             signal.signal(sig, _interrupt)
     try:
@@ -69,28 +72,30 @@ def run_main(main, *known):
 
 
 def describe(e, known=()):
-    """One line about an exception. Bad input (a ValueError raised by this project's code, an OSError
-    such as a missing file or no network, or one of `known`) carries a message that says what was
-    wrong and what to do. Anything else is a bug rather than the user's mistake (a ValueError from
-    inside torch included): its type goes with the message."""
+    """One line about an exception. Bad input (a ValueError raised by this project's code, an
+    OSError such as a missing file or no network, or one of `known`) carries a message that says
+    what was wrong and what to do. Anything else is a bug rather than the user's mistake (a
+    ValueError from inside torch included): its type goes with the message."""
     then = f"; {HOW_TO_CONTINUE}" if HOW_TO_CONTINUE else ""
     if isinstance(e, KeyboardInterrupt):
         return f"interrupted{f' ({e})' if str(e) else ''}{then}"
     if disk_full(e):
         where = f" (writing {e.filename})" if e.filename else ""
-        return f"the disk is full{where}: free space on it (old runs' out_dir folders, checkpoints, downloads){then}"
+        return (f"the disk is full{where}: free space on it "
+                f"(old runs' out_dir folders, checkpoints, downloads){then}")
     if isinstance(e, OSError) and e.strerror and e.filename:
-        text = f"{e.strerror}: {e.filename}"  # 'No such file or directory: x' rather than '[Errno 2] ...'
+        # 'No such file or directory: x' rather than '[Errno 2] ...'
+        text = f"{e.strerror}: {e.filename}"
     else:
         text = str(e) or type(e).__name__
     text = ' '.join(text.split())
     if isinstance(e, (OSError, *known)) or (isinstance(e, ValueError) and _raised_here(e)):
         return text
     if isinstance(e, MemoryError) or type(e).__name__ == 'OutOfMemoryError':  # torch's, on a GPU
-        return (f"out of memory ({text[:300]}); use a smaller batch_size (gradient_accumulation_steps "
-                f"keeps the step's size), block_size or model")
-    return (f"unexpected {type(e).__name__}: {text} (this looks like a bug; rerun with NANOBIDIR_DEBUG=1 "
-            f"to see where it happened)")
+        return (f"out of memory ({text[:300]}); use a smaller batch_size "
+                f"(gradient_accumulation_steps keeps the step's size), block_size or model")
+    return (f"unexpected {type(e).__name__}: {text} "
+            f"(this looks like a bug; rerun with NANOBIDIR_DEBUG=1 to see where it happened)")
 
 
 def _raised_here(e):
@@ -132,7 +137,8 @@ def atomic_file(path, mode='w'):
 
 
 def launched():
-    """True in a process started by torchrun (which sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
+    """True in a process started by torchrun (which sets RANK, LOCAL_RANK, WORLD_SIZE,
+    MASTER_ADDR, ...)."""
     return 'RANK' in os.environ
 
 
@@ -145,13 +151,15 @@ def lost_peer(e):
         return None
     then = f"; {HOW_TO_CONTINUE}" if HOW_TO_CONTINUE else ""
     if isinstance(e, KeyboardInterrupt) and str(e) == 'SIGTERM':
-        return (f"stopped by SIGTERM, which torchrun sends when another process of this run stopped "
-                f"(killed, or failed: see its output) or when the run itself is stopped{then}")
+        return (f"stopped by SIGTERM, which torchrun sends when another process of this run "
+                f"stopped (killed, or failed: see its output) or when the run itself is "
+                f"stopped{then}")
     gone = ('Connection reset by peer', 'Connection closed by peer', 'Broken pipe')
     network_error = getattr(sys.modules.get('torch.distributed'), 'DistNetworkError', ())
-    if isinstance(e, network_error) or (isinstance(e, RuntimeError) and any(g in str(e) for g in gone)):
-        return (f"another process of this run stopped (killed, or failed: see its output), so this one "
-                f"stopped too{then}")
+    if isinstance(e, network_error) or (isinstance(e, RuntimeError)
+                                        and any(g in str(e) for g in gone)):
+        return (f"another process of this run stopped (killed, or failed: see its output), "
+                f"so this one stopped too{then}")
     return None
 
 
@@ -167,8 +175,8 @@ def error_line(text):
     try:
         from datetime import timedelta
         import torch.distributed as dist  # loaded already: only a torchrun process gets here
-        store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), is_master=False,
-                              timeout=timedelta(seconds=10))
+        store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']),
+                              is_master=False, timeout=timedelta(seconds=10))
         first = store.add(f"failures/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", 1) == 1
     except Exception:
         first = True

@@ -7,8 +7,8 @@ ours (model.py keeps GPT-2's module names, so the mapping is almost one to one).
 
 How:
     from model import GPT
-    model = GPT.from_pretrained('gpt2')          # or a directory with config.json + model.safetensors
-    cfg, sd = load_gpt2('gpt2')                  # the same, without building the model
+    model = GPT.from_pretrained('gpt2')   # or a directory with config.json + model.safetensors
+    cfg, sd = load_gpt2('gpt2')           # the same, without building the model
 
 Downloads are cached in ~/.cache/nanobidir/NAME (or $NANOBIDIR_CACHE/NAME).
 
@@ -29,16 +29,18 @@ from utils.runtime import disk_full
 GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
 HUB_URL = 'https://huggingface.co/openai-community/{name}/resolve/main/{file}'
 FILES = ('config.json', 'model.safetensors')
-DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16, 'I64': torch.int64,
-          'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8, 'U8': torch.uint8, 'BOOL': torch.bool}
-# GPT-2 uses a "Conv1D" module that is a Linear with its weight stored as (in, out); nn.Linear wants (out, in)
+DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
+          'I64': torch.int64, 'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8,
+          'U8': torch.uint8, 'BOOL': torch.bool}
+# GPT-2's "Conv1D" module is a Linear with its weight stored as (in, out); nn.Linear wants (out, in)
 CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 
 # -----------------------------------------------------------------------------
 # safetensors
 
 def read_safetensors(path):
-    """Read a .safetensors file into {name: tensor} (each tensor owns its memory, dtype as stored)."""
+    """Read a .safetensors file into {name: tensor}
+    (each tensor owns its memory, dtype as stored)."""
     with open(path, 'rb') as f:
         size = os.fstat(f.fileno()).st_size
         bad = f"{path} is not a valid safetensors file"
@@ -46,7 +48,8 @@ def read_safetensors(path):
             raise ValueError(f"{bad}: only {size} bytes")
         n = int.from_bytes(f.read(8), 'little')  # header length, u64 little-endian
         if 8 + n > size:
-            raise ValueError(f"{bad}: header says {n} bytes but the file has {size} (truncated or another format)")
+            raise ValueError(f"{bad}: header says {n} bytes but the file has {size} "
+                             f"(truncated or another format)")
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -57,37 +60,45 @@ def read_safetensors(path):
         out = {}
         for name, info in header.items():
             if not _is_entry(info):
-                raise ValueError(f"{bad}: tensor {name!r} needs dtype, shape and data_offsets, got {info!r:.200}")
+                raise ValueError(f"{bad}: tensor {name!r} needs dtype, shape and data_offsets, "
+                                 f"got {info!r:.200}")
             if info['dtype'] not in DTYPES:
-                raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}, supported: {sorted(DTYPES)}")
+                raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}, "
+                                 f"supported: {sorted(DTYPES)}")
             dtype, shape = DTYPES[info['dtype']], info['shape']
             start, end = info['data_offsets']  # relative to the first byte after the header
             numel = math.prod(shape)
             if end - start != numel * dtype.itemsize or 8 + n + end > size:
-                raise ValueError(f"{bad}: tensor {name!r} bytes [{start}, {end}) do not fit shape {shape} "
-                                 f"{info['dtype']} in a {size}-byte file (truncated?)")
-            # one tensor at a time keeps peak memory near the model's size; bytearray is writable, so torch is happy
+                raise ValueError(f"{bad}: tensor {name!r} bytes [{start}, {end}) do not fit "
+                                 f"shape {shape} {info['dtype']} in a {size}-byte file "
+                                 f"(truncated?)")
+            # one tensor at a time keeps peak memory near the model's size; bytearray is
+            # writable, so torch is happy
             buf = bytearray(end - start)
             f.seek(8 + n + start)
             f.readinto(buf)
-            out[name] = torch.frombuffer(buf, dtype=dtype).reshape(shape) if numel else torch.empty(shape, dtype=dtype)
+            out[name] = (torch.frombuffer(buf, dtype=dtype).reshape(shape) if numel
+                         else torch.empty(shape, dtype=dtype))
     return out
 
 
 def _is_entry(info):
-    """A header entry as the format defines it: {'dtype': str, 'shape': [ints >= 0], 'data_offsets': [start, end]}."""
+    """A header entry as the format defines it:
+    {'dtype': str, 'shape': [ints >= 0], 'data_offsets': [start, end]}."""
     if not isinstance(info, dict) or not {'dtype', 'shape', 'data_offsets'} <= set(info):
         return False
     shape, offsets = info['shape'], info['data_offsets']
-    naturals = lambda xs: isinstance(xs, list) and all(type(x) is int and x >= 0 for x in xs)  # noqa: E731
-    return isinstance(info['dtype'], str) and naturals(shape) and naturals(offsets) and len(offsets) == 2
+    naturals = lambda xs: (isinstance(xs, list)  # noqa: E731
+                           and all(type(x) is int and x >= 0 for x in xs))
+    return (isinstance(info['dtype'], str) and naturals(shape) and naturals(offsets)
+            and len(offsets) == 2)
 
 
 # -----------------------------------------------------------------------------
 # download
 
 def _download(url, dest):
-    """Fetch url into dest through a temp file, so an interrupted download leaves nothing half-written."""
+    """Fetch url into dest via a temp file: an interrupted download leaves nothing half-written."""
     from tqdm import tqdm
     tmp = dest + '.part'
     try:
@@ -101,7 +112,8 @@ def _download(url, dest):
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if not isinstance(e, OSError) or disk_full(e):  # Ctrl-C, or a full disk: not the network's fault
+        # Ctrl-C, or a full disk: not the network's fault
+        if not isinstance(e, OSError) or disk_full(e):
             raise
         # URLError, HTTPError, timeouts and socket errors are all OSErrors
         raise ConnectionError(
@@ -111,8 +123,10 @@ def _download(url, dest):
 
 
 def gpt2_dir(name, cache_dir=None):
-    """Local directory holding config.json + model.safetensors for a GPT-2 name; downloads them the first time."""
-    root = cache_dir or os.environ.get('NANOBIDIR_CACHE') or os.path.expanduser('~/.cache/nanobidir')
+    """Local directory holding config.json + model.safetensors for a GPT-2 name; downloads them
+    the first time."""
+    root = (cache_dir or os.environ.get('NANOBIDIR_CACHE')
+            or os.path.expanduser('~/.cache/nanobidir'))
     d = os.path.join(root, name)
     os.makedirs(d, exist_ok=True)
     for file in FILES:
@@ -124,24 +138,28 @@ def gpt2_dir(name, cache_dir=None):
 # GPT-2 checkpoint -> our layout
 
 def load_gpt2(name_or_dir, cache_dir=None):
-    """Return (GPTConfig kwargs, state_dict in model.py's layout) for a GPT-2 name or a local directory."""
+    """(GPTConfig kwargs, state_dict in model.py's layout) for a GPT-2 name or a local directory."""
     need = ' and '.join(FILES)
     if name_or_dir in GPT2_NAMES:
         d = gpt2_dir(name_or_dir, cache_dir)
     elif os.path.isdir(name_or_dir):
         d = name_or_dir
-    elif os.sep in name_or_dir or '/' in name_or_dir or os.path.exists(name_or_dir):  # looks like a path
-        raise FileNotFoundError(f"{name_or_dir} is not a directory; pass a directory containing {need}")
+    elif os.sep in name_or_dir or '/' in name_or_dir or os.path.exists(name_or_dir):  # a path
+        raise FileNotFoundError(f"{name_or_dir} is not a directory; "
+                                f"pass a directory containing {need}")
     else:
-        raise ValueError(f"unknown model {name_or_dir!r}: use one of {GPT2_NAMES} or a directory containing {need}")
+        raise ValueError(f"unknown model {name_or_dir!r}: use one of {GPT2_NAMES} "
+                         f"or a directory containing {need}")
     for file in FILES:
         if not os.path.isfile(os.path.join(d, file)):
-            raise FileNotFoundError(f"{os.path.join(d, file)} not found; a GPT-2 directory needs {need}")
+            raise FileNotFoundError(f"{os.path.join(d, file)} not found; "
+                                    f"a GPT-2 directory needs {need}")
     try:
         with open(os.path.join(d, 'config.json')) as f:
             hf = json.load(f)
-        cfg = dict(n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'], vocab_size=hf['vocab_size'],
-                   block_size=hf['n_positions'], bias=True, dropout=0.0)
+        cfg = dict(n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'],
+                   vocab_size=hf['vocab_size'], block_size=hf['n_positions'], bias=True,
+                   dropout=0.0)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{d}/config.json is not valid JSON ({e}); download it again") from None
     except (KeyError, TypeError) as e:
@@ -154,27 +172,32 @@ def load_gpt2(name_or_dir, cache_dir=None):
         if k.endswith(CONV1D):
             v = v.t().contiguous()  # (in, out) -> (out, in)
         sd[k if k == 'lm_head.weight' else 'transformer.' + k] = v
-    # GPT-2 ties the output layer to the token embedding, so files store only one of them (usually wte)
-    for a, b in [('lm_head.weight', 'transformer.wte.weight'), ('transformer.wte.weight', 'lm_head.weight')]:
+    # GPT-2 ties the output layer to the token embedding: files store only one of them (usually wte)
+    for a, b in [('lm_head.weight', 'transformer.wte.weight'),
+                 ('transformer.wte.weight', 'lm_head.weight')]:
         if a not in sd and b in sd:
             sd[a] = sd[b]
     return cfg, sd
 
 
 def load_into(model, sd):
-    """Copy sd into model after checking every key and shape; adapters (adapters.is_adapter_param) are left alone."""
+    """Copy sd into model after checking every key and shape; adapters
+    (adapters.is_adapter_param) are left alone."""
     own = {k: v for k, v in model.state_dict().items() if not is_adapter_param(k)}
     missing = sorted(k for k in own if k not in sd)
     unexpected = sorted(k for k in sd if k not in own)
     shapes = [f"{k}: expected {tuple(own[k].shape)}, got {tuple(sd[k].shape)}"
               for k in sorted(own) if k in sd and own[k].shape != sd[k].shape]
     if missing or unexpected or shapes:
-        few = lambda items: f"{items[:5]}" + (f" and {len(items) - 5} more" if len(items) > 5 else "")  # noqa: E731
+        few = lambda items: (f"{items[:5]}"  # noqa: E731
+                             + (f" and {len(items) - 5} more" if len(items) > 5 else ""))
         msg = [f"missing keys: {few(missing)}"] if missing else []
         msg += [f"unexpected keys: {few(unexpected)}"] if unexpected else []
         msg += [f"shape mismatches: {', '.join(shapes[:5])}"] if shapes else []
         raise ValueError(f"checkpoint does not match the model: {'; '.join(msg)}")
     with torch.no_grad():
         for k, v in own.items():
-            v.copy_(sd[k])  # state_dict() tensors share storage with the parameters; copy_ also casts f16/bf16 -> f32
+            # state_dict() tensors share storage with the parameters; copy_ also casts
+            # f16/bf16 -> f32
+            v.copy_(sd[k])
     return model

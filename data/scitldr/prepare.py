@@ -3,9 +3,9 @@ SciTLDR-A (Cachola et al., 2020, "TLDR: Extreme Summarization of Scientific Docu
 as a prompt -> one-sentence summary task for the GPT-2 tokenizer, evaluated with ROUGE.
 The "A" variant's source is a paper's abstract, as a list of sentences.
 
-    python data/scitldr/prepare.py                        # downloads the three files
-    python data/scitldr/prepare.py --src DIR              # offline: DIR holds {train,dev,test}.jsonl
-    python data/scitldr/prepare.py --limit 200            # small copy for a quick lab
+    python data/scitldr/prepare.py               # downloads the three files
+    python data/scitldr/prepare.py --src DIR     # offline: DIR holds {train,dev,test}.jsonl
+    python data/scitldr/prepare.py --limit 200   # small copy for a quick lab
 
 Files: https://raw.githubusercontent.com/allenai/scitldr/master/SciTLDR-Data/SciTLDR-A/
 (the master branch; expect 1992/619/618 records). Downloads go to data/scitldr/raw/, as
@@ -17,7 +17,8 @@ See data/prepare_common.py for how over-long examples are dropped (train) or cut
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for data/prepare_common.py
+# for data/prepare_common.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from prepare_common import prepare, read_jsonl, run_script
 
 URL = 'https://raw.githubusercontent.com/allenai/scitldr/master/SciTLDR-Data/SciTLDR-A/'
@@ -29,7 +30,8 @@ def load_records(paths, limit):
     def pairs(split):
         # sentences sometimes carry stray spaces; train records have one target, dev/test several
         return [(' '.join(s.strip() for s in r['source']), r['target'])
-                for r in read_jsonl(paths[f'{split}.jsonl'], limit, {'source': list, 'target': list})]
+                for r in read_jsonl(paths[f'{split}.jsonl'], limit,
+                                    {'source': list, 'target': list})]
     return {'train': pairs('train'), 'val': pairs('dev'), 'test': pairs('test')}
 
 

@@ -77,11 +77,12 @@ def make_toy_task(seed=1337, n_train=10000, n_val=500, ops=OPS, min_len=4, max_l
     if not 1 <= min_len <= max_len:
         raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
     meta = toy_meta(n_symbols, op_position, ops=ops, min_len=min_len, max_len=max_len, seed=seed)
-    # count the distinct prompts there are, so an impossible request fails now instead of looping forever
+    # count the distinct prompts, so an impossible request fails now instead of looping forever
     n_possible = len(ops) * sum(n_symbols ** L for L in range(min_len, max_len + 1))
     if n_train + n_val > n_possible:
         raise ValueError(f"asked for {n_train + n_val} distinct toy examples but ops={ops!r}, "
-                         f"lengths {min_len}..{max_len} over {n_symbols} symbols give only {n_possible}: "
+                         f"lengths {min_len}..{max_len} over {n_symbols} symbols "
+                         f"give only {n_possible}: "
                          f"lower n_train/n_val, or raise max_len or n_symbols")
     rng = random.Random(seed)  # our own RNG: never touches or depends on the global one
     seen, examples = set(), []
@@ -107,7 +108,8 @@ def parse_prompt(text, meta):
     s = ''.join(text.split())  # spaces are for people; the vocabulary has none
     ops = [c for c in s if c in OPS]
     if len(ops) != 1 or (s[0] not in OPS and s[-1] not in OPS):
-        raise ValueError(f"toy prompt {text!r}: write data then one op, e.g. '31415 R' (ops: {OPS})")
+        raise ValueError(f"toy prompt {text!r}: write data then one op, e.g. '31415 R' "
+                         f"(ops: {OPS})")
     data = s[1:] if s[0] in OPS else s[:-1]
     symbols = meta['itos'][4 + len(OPS):]
     bad = sorted(set(c for c in data if c not in symbols))
@@ -138,10 +140,12 @@ def exact_match_by_op(examples, predictions, meta, n_show=5):
     prediction and the truth, so a prediction is right iff it spells the
     answer exactly and then stops (or runs out of tokens).
     Returns {'acc': overall fraction right, 'per_op': {op: fraction right},
-             'n': number scored, 'mistakes': up to n_show lines "31415 R -> model 51431, truth 51413"}.
+             'n': number scored,
+             'mistakes': up to n_show lines "31415 R -> model 51431, truth 51413"}.
     """
     if len(examples) != len(predictions) or not examples:
-        raise ValueError(f"need one prediction per example, got {len(predictions)} for {len(examples)} examples")
+        raise ValueError(f"need one prediction per example, "
+                         f"got {len(predictions)} for {len(examples)} examples")
     right, total, mistakes = {}, {}, []
     for ex, pred in zip(examples, predictions):
         guess, truth = format_answer(pred, meta), format_answer(ex['answer'], meta)
@@ -158,11 +162,13 @@ if __name__ == '__main__':
     task = make_toy_task(n_train=1000, n_val=100)
     meta = task['meta']
     print(f"vocab ({meta['vocab_size']}): {''.join(meta['itos'])!r}")
-    print(f"specials: PAD {PAD!r}={meta['pad']} BOS {BOS!r}={meta['bos']} SEP {SEP!r}={meta['sep']} EOS {EOS!r}={meta['eos']}")
+    print(f"specials: PAD {PAD!r}={meta['pad']} BOS {BOS!r}={meta['bos']} "
+          f"SEP {SEP!r}={meta['sep']} EOS {EOS!r}={meta['eos']}")
     print(f"train {len(task['train'])}, val {len(task['val'])} examples; ops {meta['ops']}, "
           f"data length {meta['min_len']}..{meta['max_len']}, op_position {meta['op_position']!r}")
     for ex in task['train'][:4]:
-        print(f"  {format_prompt(ex['prompt'], meta):>15} -> {format_answer(ex['answer'], meta):<13}"
+        print(f"  {format_prompt(ex['prompt'], meta):>15} -> "
+              f"{format_answer(ex['answer'], meta):<13}"
               f" tokens {_text(ex['prompt'], meta)}{_text(ex['answer'], meta)}")
     before = make_toy_task(n_train=4, n_val=0, op_position='before')
     print("op_position='before':", ' '.join(_text(ex['prompt'] + ex['answer'], before['meta'])
@@ -176,4 +182,5 @@ if __name__ == '__main__':
 #         8045770 R -> 0775408       tokens ^8045770R=0775408$
 #      7514411474 S -> 1114444577    tokens ^7514411474S=1114444577$
 #        06383301 D -> 06381         tokens ^06383301D=06381$
-# op_position='before': ^C599256546351=599256546351$ ^R6185664059=9504665816$ ^S73259=23579$ ^D94381899016=9438106$
+# op_position='before': ^C599256546351=599256546351$ ^R6185664059=9504665816$ ^S73259=23579$
+#     ^D94381899016=9438106$
