@@ -58,6 +58,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from configurator import configure  # noqa: E402
 from model import has_hidden_layer  # noqa: E402
 from train import DEFAULTS  # noqa: E402
+from utils import lock  # noqa: E402
 from utils.runtime import run_main  # noqa: E402
 from labs import aggregate, report, runner, shares  # noqa: E402
 from labs.runner import ROOT  # noqa: E402
@@ -289,7 +290,7 @@ def main(argv=None):
         found = shares.handed_in(opts['pool'], opts['lab'])
         opts['seeds'] = sorted({rec['seed'] for _, rec in found})
     runs = plan(opts, passthrough)  # a typo in a setting fails before anything else
-    held = runner.take_lock(opts['out_dir'])
+    held = lock.take(opts['out_dir'], 'labs.py')  # one labs.py at a time in a lab's folder
     try:
         if opts['pool']:
             runs, failed = shares.pool(found, runs, opts['arms']), []
@@ -309,7 +310,7 @@ def main(argv=None):
                          f"python labs/labs.py --lab={opts['lab']} --pool=FOLDER)")
         lines = report.write_results(results, opts['out_dir'])
     finally:
-        runner.release(held)
+        lock.release(held)
     print('\n'.join(lines) + f"\n{note}\nwrote {opts['out_dir']}/results.md, results.json, "
           f"results_forest.png, results.png, results_curves.png")
     if failed:

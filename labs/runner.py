@@ -2,12 +2,9 @@
 Running a lab's runs: each train.py run in its own process (launch), `jobs` at a time, stage by
 stage (run_all); Ctrl-C or SIGTERM stops them all (stop), and so does labs.py's death
 (die_with_parent). A run that ends well gets out_dir/run.json, its record (what it is and its
-fingerprint), so that the same command reuses it (finished). One labs.py at a time per out_dir:
-take_lock, release.
+fingerprint), so that the same command reuses it (finished).
 
-    held = take_lock(out_dir)
     failed = run_all(runs, jobs=2, again='python labs/labs.py ...')   # the runs of labs.plan()
-    release(held)
 """
 import json
 import os
@@ -161,47 +158,3 @@ def run_all(runs, jobs, again):
         sys.exit(130)
     print(f"total {time.time() - t0:.0f}s")
     return failed
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's
-    return True
-
-
-def take_lock(out_dir):
-    """One labs.py per out_dir: out_dir/lock holds its pid, created atomically (O_CREAT |
-    O_EXCL), so two labs.py never run (and overwrite) the same runs. A lock whose labs.py has died
-    is taken over."""
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, 'lock')
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(path) as f:
-                    text = f.read().strip()
-            except FileNotFoundError:
-                continue  # its owner has just removed it
-            if not text.isdigit() and time.time() - os.path.getmtime(path) < 10:
-                text = str(os.getpid())  # just created, its pid not yet written: the owner is alive
-            if text.isdigit() and alive(int(text)):
-                raise ValueError(f"{out_dir} is in use by another labs.py (pid {text}); wait for "
-                                 f"it to end or stop it, or choose another --out_dir")
-            os.remove(path)  # its owner has died: take it over
-            continue
-        with os.fdopen(fd, 'w') as f:
-            f.write(str(os.getpid()))
-        return path
-
-
-def release(path):
-    with open(path) as f:
-        mine = f.read().strip() == str(os.getpid())
-    if mine:
-        os.remove(path)

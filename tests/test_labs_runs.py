@@ -5,6 +5,7 @@ import ast
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import pytest
 
 from utils.runtime import run_main
 from labs import labs, runner, shares
+from utils import lock
 from utils.rundir import read_log
 from test_labs import TINY, tiny_lab, train_here  # noqa: F401 (fixtures)
 
@@ -103,19 +105,21 @@ def test_a_killed_labs_py_leaves_no_run_and_its_lock_is_taken_over(tmp_path):
     proc.kill()  # SIGKILL: labs.py runs nothing more; the kernel must end its run
     proc.communicate(timeout=30)
     assert gone(child), 'a train.py outlived a killed labs.py'
-    assert (tmp_path / 'lock').read_text() == str(proc.pid)  # left behind, its owner dead
-    path = runner.take_lock(str(tmp_path))
-    assert open(path).read() == str(os.getpid())
-    runner.release(path)
+    assert json.loads((tmp_path / 'lock').read_text())['pid'] == proc.pid  # left, its owner dead
+    path = lock.take(str(tmp_path), 'labs.py')
+    assert json.loads(open(path).read())['pid'] == os.getpid()
+    lock.release(path)
     assert not os.path.exists(path)
 
 
 def test_a_second_labs_py_on_the_same_out_dir_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, 'launch', lambda *a: pytest.fail('no run should start'))
-    (tmp_path / 'lock').write_text(str(os.getppid()))  # a live process holds it
-    with pytest.raises(ValueError, match=f'in use by another labs.py \\(pid {os.getppid()}\\)'):
+    owner = json.dumps({'pid': os.getppid(), 'host': socket.gethostname(), 'what': 'labs.py',
+                        'since': 'noon'})
+    (tmp_path / 'lock').write_text(owner)  # a live process holds it
+    with pytest.raises(ValueError, match=f'in use by labs.py \\(pid {os.getppid()}, since noon\\)'):
         labs.main([*LAB, f'--out_dir={tmp_path}'])
-    assert (tmp_path / 'lock').read_text() == str(os.getppid())  # not ours to remove
+    assert (tmp_path / 'lock').read_text() == owner  # not ours to remove
 
 
 def fake_train(argv):
