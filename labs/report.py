@@ -1,5 +1,5 @@
 """
-A lab's results as files, from the numbers labs/labs.py's aggregate() gathers: results.json (every
+A lab's results as files, from the numbers labs/aggregate.py gathers: results.json (every
 number), results.md (the tables) and three pictures sized for a projector (1920x1080, text 14 pt or more):
 results_forest.png (each arm's paired difference with its 95% interval, both views), results.png (final
 scores, each seed's points linked across the arms) and results_curves.png (the learning curves).
@@ -47,7 +47,7 @@ def tables(res):
              f"{metric} in percent on the validation examples (greedy generation), mean ± std over seeds "
              f"(min..max). Seeds {', '.join(map(str, res['seeds']))}: a seed fixes the initial weights and the order "
              f"of the training batches, so two arms on the same seed are paired. 'vs {base}': the mean of the "
-             f"differences arm - {base} over the seeds, with its 95% t-interval (t quantile from a table, n - 1 "
+             f"differences arm - {base} over the seeds, with its 95% t-interval (Student's t, n - 1 "
              f"degrees of freedom); 'wins': seeds on which the arm scored higher; verdict: helps if the interval "
              f"lies above 0, hurts if below, otherwise no evidence. 'cost': token-forwards per step relative "
              f"to causal (Bitune reads the prompt prefix twice); 's/run': one run's seconds of training and "

@@ -25,17 +25,17 @@ def tiny_lab(monkeypatch):
 # ---- the statistics
 
 def test_paired_t_interval_and_verdicts_on_hand_made_numbers():
-    # differences 1..5: mean 3, std sqrt(2.5), t(0.975, 4 df) = 2.776 -> 3 ± 2.776 * sqrt(2.5 / 5)
+    # differences 1..5: mean 3, std sqrt(2.5), t(0.975, 4 df) = 2.7764 -> 3 ± 2.7764 * sqrt(2.5 / 5)
     arm, base = {s: 10 + 2 * s for s in range(1, 6)}, {s: 10 + s for s in range(1, 6)}
     p = stats.paired(arm, base)
-    half = 2.776 * math.sqrt(2.5 / 5)
+    half = 2.776445 * math.sqrt(2.5 / 5)
     assert p['diffs'] == [1, 2, 3, 4, 5] and p['wins'] == 5
     assert (p['mean'], p['low'], p['high']) == pytest.approx((3, 3 - half, 3 + half))
     assert p['low'] == pytest.approx(1.037, abs=1e-3) and p['verdict'] == 'helps'
     assert stats.paired(base, arm)['verdict'] == 'hurts'  # the same numbers the other way round
-    # differences 1, 2, 3: mean 2, std 1, t(2 df) = 4.303 -> [-0.484, 4.484]: it straddles 0
+    # differences 1, 2, 3: mean 2, std 1, t(2 df) = 4.3027 -> [-0.484, 4.484]: it straddles 0
     p = stats.paired({1: 41, 2: 52, 3: 63}, {1: 40, 2: 50, 3: 60})
-    half = 4.303 / math.sqrt(3)
+    half = 4.302653 / math.sqrt(3)
     assert (p['low'], p['high']) == pytest.approx((2 - half, 2 + half))
     # three wins out of three are not enough here
     assert p['verdict'] == 'no evidence' and p['wins'] == 3
@@ -43,10 +43,22 @@ def test_paired_t_interval_and_verdicts_on_hand_made_numbers():
     assert stats.paired({1: 50, 2: 60, 7: 0}, {1: 40, 2: 40, 3: 99})['diffs'] == [10, 20]
     assert stats.paired({1: 50}, {1: 40}) == {'seeds': [1], 'diffs': [10], 'wins': 1, 'mean': 10,
                                               'low': None, 'high': None, 'verdict': 'too few seeds'}
-    # the table's quantile shrinks with more seeds and is kept at 30 degrees of freedom beyond
-    assert stats.T975[2] > stats.T975[4] > stats.T975[30]
+    # 80 seeds: t(79 df) = 1.9905, not a table's last entry (2.042 at 30 df)
     std = stats.summary([0.0, 1.0] * 40)['std']
-    assert stats.t_interval([0.0, 1.0] * 40)[2] == pytest.approx(0.5 + 2.042 * std / math.sqrt(80))
+    assert stats.t_interval([0.0, 1.0] * 40)[2] == pytest.approx(0.5 + 1.9905 * std / math.sqrt(80),
+                                                                 abs=1e-4)
+
+
+# 97.5% quantiles of Student's t to 4 decimals (any printed table, or scipy.stats.t.ppf)
+T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 9: 2.2622, 19: 2.0930,
+        29: 2.0452, 30: 2.0423, 39: 2.0227, 60: 2.0003, 120: 1.9799}
+
+
+@pytest.mark.parametrize('df', T975)
+def test_t_quantiles_are_exact_to_four_decimals_for_any_degrees_of_freedom(df):
+    assert round(stats.t_quantile(0.975, df), 4) == T975[df]
+    assert stats.t_cdf(stats.t_quantile(0.975, df), df) == pytest.approx(0.975, abs=1e-12)
+    assert stats.t_quantile(0.975, 10**7) == pytest.approx(1.959964, abs=1e-6)  # the normal's
 
 
 def test_curve_mean_band_and_threshold_interpolation():
@@ -307,7 +319,7 @@ def test_aggregation_pairs_seeds_in_each_view(tiny_lab, tmp_path, monkeypatch):
     compute = bitune['views']['compute']['vs_baseline']
     assert steps['diffs'] == [1, 2, 3] and steps['verdict'] == 'no evidence'
     assert compute['diffs'] == [11, 12, 13] and compute['verdict'] == 'helps'
-    assert compute['low'] == pytest.approx(12 - 4.303 / math.sqrt(3))
+    assert compute['low'] == pytest.approx(12 - 4.302653 / math.sqrt(3))
     # the budget is bitune's 10 steps; causal's curve reaches it at 15 steps
     tokens = res['budget']['token_forwards']
     assert res['budget']['arm'] == 'bitune'
