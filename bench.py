@@ -43,7 +43,6 @@ if __name__ == '__main__':
 
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -58,6 +57,7 @@ from utils import distributed
 from utils.checkpoint import build_model
 from bitune import tokens_read
 from configurator import check_ranges, configure, pick_device, pick_dtype
+from utils.rundir import setup_of
 from utils.runtime import atomic_file
 from adapters import KINDS, adapted_layers, add_adapters, set_adapter
 from model import GPT, GPTConfig, configure_optimizers
@@ -409,10 +409,7 @@ def main(argv=None):
     g = torch.Generator().manual_seed(c['seed'])
     batch = collate(examples(c['batch_size'], P, A, c['vocab_size'], g), dev)
     idx, valid = collate_prompts(examples(c['gen_batch_size'], P, A, c['vocab_size'], g), dev)
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists('/proc/cpuinfo'):
-        cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo')
-                    if l.startswith('model name')), cpu)
+    cpu = setup_of('cpu', dt, torch)['processor']
     # the 1-minute load average
     load = lambda: round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else None
     machine = dict(device=dev, cpu=cpu,

@@ -24,6 +24,7 @@ if __name__ == '__main__':
     runtime.catch_signals("continue the run with --init_from=resume (from its last checkpoint)")
 
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -37,7 +38,7 @@ import bitune
 from configurator import check_train_config, configure, pick_device, pick_dtype
 from data.tasks import check_fits, collate, task_from_config
 from model import configure_optimizers, count_params
-from utils import distributed, rundir
+from utils import distributed, lock, rundir
 from utils.rundir import StopTraining, check_finite
 from utils.checkpoint import new_or_resumed, restore_state, save_run
 from utils.evaluate import evaluate_task
@@ -185,11 +186,13 @@ def evaluate(model, gpt, task, c, dev, ctx, bai_weight):
     return sum(losses) / len(losses), scores, lines
 
 
-def log_evaluation(model, c, evaluation, done, lr, bai_weight, recent, tokens_per_s, elapsed):
-    """Append one row to log.jsonl and print it. Train numbers: means over the steps since then."""
+def log_evaluation(model, c, evaluation, done, lr, bai_weight, recent, tokens_per_s, elapsed,
+                   setup=None):
+    """Append one row to log.jsonl and print it. Train numbers: means over the steps since then.
+    setup (the first row): what the run ran on, rundir.setup_of."""
     val_loss, scores, lines = evaluation
     row = {'iter': done, 'val_loss': val_loss, **scores, 'lr': lr, 'tokens_per_s': tokens_per_s,
-           'elapsed_s': elapsed}
+           'elapsed_s': elapsed, **({'setup': setup} if setup else {})}
     if recent:  # the row at iteration 0 (before any training) has no train loss
         keys = {k for r in recent for k in r}
         means = {k: sum(r[k] for r in recent if k in r) / sum(k in r for r in recent) for k in keys}
@@ -236,6 +239,13 @@ def main(argv=None):
     # ---- settings
     c = SimpleNamespace(**configure(DEFAULTS, sys.argv[1:] if argv is None else argv))
     check_train_config(c, DEFAULTS)
+    # one run at a time in out_dir (under torchrun, its first process holds it for all of them)
+    with lock.held(c.out_dir, 'train.py') if os.environ.get('RANK', '0') == '0' else nullcontext():
+        return run(c)
+
+
+def run(c):
+    """Setup and the training loop, in out_dir, which this process holds."""
     rundir.check_out_dir(c.out_dir, c.init_from, c.overwrite)  # before any process writes there
 
     # ---- setup: device, data, model, optimizer
@@ -283,7 +293,7 @@ def main(argv=None):
     t_start, train_time, tokens_seen, recent = time.time(), 0.0, 0, []
     if iter_num == 0 and rank == 0:  # where training starts from: alpha = 0.5, an untrained model
         log_evaluation(model, c, evaluate(model, gpt, task, c, dev, ctx, 0.0), 0, 0.0, 0.0, recent,
-                       0.0, time.time() - t_start)
+                       0.0, time.time() - t_start, setup=rundir.setup_of(dev, dtype, torch))
     bar = tqdm(range(iter_num, c.max_iters), initial=iter_num, total=c.max_iters, desc=c.method,
                dynamic_ncols=True, mininterval=1.0, disable=rank > 0)
     for it in bar:

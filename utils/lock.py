@@ -45,13 +45,20 @@ def _owner(path):
 def take(folder, what):
     """Take FOLDER/lock for this process (what: the program, e.g. 'train.py'); returns its path.
     A ValueError names the live owner and what to do."""
-    os.makedirs(folder, exist_ok=True)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"{folder} is a file; choose a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{folder} cannot be a folder ({e.strerror}); choose another") from None
     path = os.path.join(folder, 'lock')
     me = {'pid': os.getpid(), 'host': socket.gethostname(), 'what': what,
           'since': time.strftime('%Y-%m-%d %H:%M:%S')}
     for _ in range(100):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except PermissionError:
+            raise ValueError(f"{folder} is not writable; choose another folder") from None
         except FileExistsError:
             owner = _owner(path)
             if owner is None:

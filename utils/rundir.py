@@ -10,6 +10,7 @@ through read_log.
 import json
 import math
 import os
+import platform
 
 from utils.runtime import atomic_file
 
@@ -128,3 +129,17 @@ def check_finite(what, value, it, c, saved, bar, model=None):
             else "no checkpoint was written")
     raise StopTraining(f"{problem} at iteration {it}; {kept}. Try a lower learning_rate, "
                        f"grad_clip=1.0, or dtype='float32'.")
+
+
+def setup_of(device, dtype, torch):
+    """What a run ran on, as train.py records it in its log's first row (a lab's share reports it):
+    the device and dtype it resolved, torch's threads and version, the OS, the CPU or GPU."""
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists('/proc/cpuinfo'):  # Linux names the CPU here
+        with open('/proc/cpuinfo') as f:
+            cpu = next((line.split(':', 1)[1].strip() for line in f
+                        if line.startswith('model name')), cpu)
+    gpu = torch.cuda.get_device_name(device) if device.startswith('cuda') else None
+    return {'device': device, 'dtype': dtype, 'threads': torch.get_num_threads(),
+            'torch': torch.__version__, 'os': f"{platform.system()} {platform.release()}",
+            'processor': gpu or cpu}
