@@ -56,7 +56,7 @@ import torch
 from utils import distributed
 from utils.checkpoint import build_model
 from bitune import tokens_read
-from configurator import check_ranges, configure, pick_device, pick_dtype
+from configurator import CORES, SEED, check_ranges, configure, pick_device, pick_dtype
 from utils.rundir import setup_of
 from utils.runtime import atomic_file
 from adapters import KINDS, adapted_layers, add_adapters, set_adapter
@@ -376,11 +376,18 @@ def main(argv=None):
     if c['model'] not in ('toy', 'gpt2-shape'):
         raise ValueError(f"model={c['model']!r}: choose 'toy' (sizes from n_layer, n_embd, ...) "
                          f"or 'gpt2-shape'")
-    c.update(GPT2_SHAPE if c['model'] == 'gpt2-shape' else {})
-    c.update(dict(warmup=1, iters=2, gen_iters=1, gen_tokens='4,8') if c['quick'] else {})
-    check_ranges(c, {'>= 1': 'n_layer n_head n_embd vocab_size block_size batch_size '
-                             'gen_batch_size iters gen_iters',
-                     '>= 0': 'warmup threads peak_tflops'})
+    presets = {'--model=gpt2-shape': GPT2_SHAPE if c['model'] == 'gpt2-shape' else {},
+               '--quick=True': dict(warmup=1, iters=2, gen_iters=1, gen_tokens='4,8') if c['quick']
+               else {}}
+    for preset, values in presets.items():  # a setting the preset would silently replace
+        for key in values:
+            if c[key] != DEFAULTS[key]:
+                raise ValueError(f"{key}={c[key]!r}: {preset} sets {key} to {values[key]!r}; "
+                                 f"leave one of the two out")
+        c.update(values)
+    check_ranges(c, {'>= 1': 'n_layer n_head n_embd block_size batch_size gen_batch_size iters '
+                             'gen_iters', '>= 2': 'vocab_size', '>= 0': 'warmup peak_tflops',
+                     CORES: 'threads', SEED: 'seed'})
     if not all(n.strip().isdigit() and int(n) > 0 for n in c['gen_tokens'].split(',')):
         raise ValueError(f"gen_tokens={c['gen_tokens']!r}: positive token counts separated by "
                          f"commas, e.g. 32,128")

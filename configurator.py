@@ -79,9 +79,11 @@ def _set(config, key, value, where):
     config[key] = value
 
 
-RULES = {'>= 1': lambda v: v >= 1, '>= 0': lambda v: v >= 0, '> 0': lambda v: v > 0,
-         'in [0, 1)': lambda v: 0 <= v < 1, 'in 0..2**63-1 (a seed)': lambda v: 0 <= v < 2**63,
-         f'in 0..{os.cpu_count()} (the cores here)': lambda v: 0 <= v <= os.cpu_count()}
+RULES = {'>= 1': lambda v: v >= 1, '>= 2': lambda v: v >= 2, '>= 0': lambda v: v >= 0,
+         '> 0': lambda v: v > 0, 'in 1..1000': lambda v: 1 <= v <= 1000,
+         'in [0, 1)': lambda v: 0 <= v < 1}
+SEED, CORES = 'in 0..2**63-1 (a seed)', f'in 0..{os.cpu_count()} (the cores here; 0: all)'
+RULES.update({SEED: lambda v: 0 <= v < 2**63, CORES: lambda v: 0 <= v <= os.cpu_count()})
 
 
 def check_ranges(config, ranges):
@@ -114,8 +116,7 @@ def check_train_config(c, defaults):
                 'eval_examples n_layer n_head n_embd block_size lora_r toy_n_train toy_n_val',
         '>= 0': 'eval_max_new_tokens warmup_iters min_lr weight_decay grad_clip bai_lambda',
         '> 0': 'learning_rate adam_eps lora_alpha bitune_theta_init',
-        'in [0, 1)': 'dropout lora_dropout beta1 beta2', 'in 0..2**63-1 (a seed)': 'seed toy_seed',
-        f'in 0..{os.cpu_count()} (the cores here)': 'threads'})
+        'in [0, 1)': 'dropout lora_dropout beta1 beta2', SEED: 'seed toy_seed', CORES: 'threads'})
     if c.method == 'bitune_bai' and c.bai_pivots == 'B' and not VARIANTS[c.bitune_variant][2]:
         raise ValueError(f"bai_pivots='B' takes the pivots from Bitune's causal Pass B, which "
                          f"variant {c.bitune_variant!r} does not have; use bai_pivots='A'")

@@ -25,7 +25,7 @@ import torch
 
 from model import GPT
 from utils.checkpoint import GPT2_NAMES, model_from_checkpoint
-from configurator import check_ranges, configure, pick_device
+from configurator import CORES, SEED, check_ranges, configure, pick_device
 from data.tasks import collate_prompts, get_tokenizer
 from data.toy import toy
 
@@ -90,8 +90,8 @@ def prompts_from(c, meta):
 def main(argv=None):
     from types import SimpleNamespace
     c = SimpleNamespace(**configure(DEFAULTS, sys.argv[1:] if argv is None else argv))
-    check_ranges(vars(c), {'>= 0': 'temperature top_k max_new_tokens threads',
-                           '>= 1': 'num_samples'})
+    check_ranges(vars(c), {'>= 0': 'temperature top_k max_new_tokens', 'in 1..1000': 'num_samples',
+                           SEED: 'seed', CORES: 'threads'})
     c.device = pick_device(c.device)
     if c.threads > 0:
         torch.set_num_threads(c.threads)

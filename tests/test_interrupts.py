@@ -1,5 +1,6 @@
-"""Ctrl-C and SIGTERM at any moment of train.py and sample.py: one line `error: interrupted; ...`
-that says how to go on, exit status 130, never a traceback, and a checkpoint that is whole."""
+"""Ctrl-C, SIGTERM and SIGHUP (a closed terminal, a dropped ssh session) at any moment of train.py
+and sample.py: one line `error: interrupted; ...` that says how to go on, exit status 130, never a
+traceback, a checkpoint that is whole, and a run that resumes."""
 import os
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import time
 
 import pytest
 from helpers import ROOT
+import train
 from utils import checkpoint
 
 TINY = ['--method=causal', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=32',
@@ -58,8 +60,9 @@ def test_ctrl_c_while_torch_loads_prints_one_line(tmp_path, argv, then):
     assert then in interrupted(p, signal.SIGINT)
 
 
-@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
-def test_interrupting_a_run_keeps_its_checkpoint_whole(tmp_path, sig):
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=['SIGINT', 'SIGTERM', 'SIGHUP'])
+def test_interrupting_a_run_keeps_its_checkpoint_whole_and_it_resumes(tmp_path, sig):
     out = str(tmp_path / 'run')
     p = start('train.py', *TINY, '--max_iters=100000', '--eval_interval=2', f'--out_dir={out}')
     ckpt = os.path.join(out, 'ckpt.pt')
@@ -69,6 +72,10 @@ def test_interrupting_a_run_keeps_its_checkpoint_whole(tmp_path, sig):
             break
     wait_for(p, lambda: os.path.exists(ckpt))
     line = interrupted(p, sig)
-    assert ('SIGTERM' in line) == (sig == signal.SIGTERM) and '--init_from=resume' in line
-    assert not os.path.exists(ckpt + '.tmp')
-    checkpoint.model_from_checkpoint(ckpt)  # whole: it loads
+    assert (sig.name in line) == (sig != signal.SIGINT) and '--init_from=resume' in line
+    assert not os.path.exists(ckpt + '.tmp') and not os.path.exists(os.path.join(out, 'lock'))
+    _, _, saved = checkpoint.model_from_checkpoint(ckpt)  # whole: it loads
+    if sig == signal.SIGHUP:  # and the same command with --init_from=resume goes on from there
+        last = train.main(TINY + [f'--max_iters={saved["iter_num"] + 2}', '--eval_interval=2',
+                                  f'--out_dir={out}', '--init_from=resume'])
+        assert last['iter'] == saved['iter_num'] + 2

@@ -14,8 +14,10 @@ they were not trained with.
 
 A run's folder (out_dir) holds ckpt.pt and log.jsonl (utils/rundir.py).
 """
+import errno
 import hashlib
 import os
+import shutil
 
 import torch
 
@@ -136,7 +138,14 @@ def save_checkpoint(path, ckpt):
     """Write to a temporary file, then rename: a run killed mid-write (or a full disk) never leaves
     a broken checkpoint, and the previous one stays until the new one is complete."""
     with atomic_file(path, 'wb') as f:
-        torch.save(ckpt, f)
+        try:
+            torch.save(ckpt, f)
+        except RuntimeError as e:
+            # torch's zip writer reports a full disk as its own RuntimeError ("unexpected pos",
+            # "file write failed"), without an errno: ask the disk whether it is full
+            if shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < 2**20:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from e
+            raise
 
 
 def load_checkpoint(path, device='cpu'):
