@@ -43,6 +43,26 @@ def save_png(fig, path, dpi=100):
     return path
 
 
+def finite(x):
+    """Whether x is a number a picture can show (not a text, not NaN or infinite)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def series(rows, key, index=None, positive=False):
+    """(iterations, values) of the rows that have a finite value for key (its index-th item when
+    index is given; above 0 when positive, for a log axis): a row without it (a log of another kind,
+    or a damaged row) is a missing point, skipped, never drawn as nan."""
+    its, ys = [], []
+    for r in rows:
+        v = r.get(key)
+        if index is not None:
+            v = v[index] if isinstance(v, list) and index < len(v) else None
+        if finite(v) and (v > 0 or not positive):
+            its.append(r['iter'])
+            ys.append(v)
+    return its, ys
+
+
 def plot_run(out_dir):
     """Draw every plot the log has data for; returns the paths written."""
     if not os.path.isfile(os.path.join(out_dir, 'log.jsonl')):
@@ -52,7 +72,6 @@ def plot_run(out_dir):
     if not rows:
         raise ValueError(f"{out_dir}/log.jsonl has no rows yet: a run writes its first at "
                          f"iteration 0, once its model is built; plot it after that")
-    it = [r['iter'] for r in rows]
     written = []
 
     def save(fig, name):
@@ -60,51 +79,64 @@ def plot_run(out_dir):
         written.append(save_png(fig, os.path.join(out_dir, name)))
 
     # losses; for BAI the awareness loss sits beside the autoregressive one
-    has_bai = any('bai_loss' in r for r in rows)
-    fig, axes = plt.subplots(1, 2 if has_bai else 1, figsize=(11 if has_bai else 6, 4),
-                             squeeze=False)
-    ax = axes[0][0]
-    # no train_loss at iteration 0
-    ax.plot(it, [r.get('train_loss', float('nan')) for r in rows], label='train')
-    ax.plot(it, [r['val_loss'] for r in rows], label='val')
-    ax.set(xlabel='iteration', ylabel='cross-entropy on answer tokens', yscale='log', title='loss')
-    ax.legend()
-    if has_bai:
-        ax = axes[0][1]
-        ax.plot(it, [r.get('bai_loss', float('nan')) for r in rows], color='C2',
-                label='awareness loss (train)')
-        ax.set(xlabel='iteration', ylabel='BAI loss', title='BAI awareness loss and its weight')
-        twin = ax.twinx()
-        twin.plot(it, [r.get('bai_weight', float('nan')) for r in rows], color='C3', ls='--',
-                  label='weight')
-        twin.set_ylabel('lambda * Lambda(t)')
-        ax.legend(loc='upper right')
-    save(fig, 'loss.png')
+    losses = {name: series(rows, key, positive=True)
+              for name, key in (('train', 'train_loss'), ('val', 'val_loss'))}
+    losses = {name: s for name, s in losses.items() if s[0]}  # no train_loss at iteration 0
+    bai = series(rows, 'bai_loss')
+    if losses or bai[0]:
+        fig, axes = plt.subplots(1, 2 if bai[0] else 1, figsize=(11 if bai[0] else 6, 4),
+                                 squeeze=False)
+        ax = axes[0][0]
+        for name, (its, ys) in losses.items():
+            ax.plot(its, ys, label=name, marker='o' if len(its) == 1 else None)
+        ax.set(xlabel='iteration', ylabel='cross-entropy on answer tokens', title='loss')
+        if losses:
+            ax.set_yscale('log')
+            ax.legend()
+        if bai[0]:
+            ax = axes[0][1]
+            ax.plot(*bai, color='C2', label='awareness loss (train)')
+            ax.set(xlabel='iteration', ylabel='BAI loss', title='BAI awareness loss and its weight')
+            twin = ax.twinx()
+            twin.plot(*series(rows, 'bai_weight'), color='C3', ls='--', label='weight')
+            twin.set_ylabel('lambda * Lambda(t)')
+            ax.legend(loc='upper right')
+        save(fig, 'loss.png')
 
-    # the task metric: exact match (overall and per operation) or ROUGE
-    keys = [k for k in rows[-1]
+    # the task metric: exact match (overall and per operation) or ROUGE, from every row's keys
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r)
             if k == 'exact_match' or k.startswith('em_') or k.startswith('rouge')]
-    if keys:
+    metrics = {k: s for k in keys for s in [series(rows, k)] if s[0]}
+    if metrics:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for k in keys:
-            ax.plot(it, [r.get(k, float('nan')) for r in rows], label=k,
-                    lw=2.5 if k == 'exact_match' else 1.2)
+        for k, (its, ys) in metrics.items():
+            ax.plot(its, ys, label=k, lw=2.5 if k == 'exact_match' else 1.2,
+                    marker='o' if len(its) == 1 else None)
         ax.set(xlabel='iteration', ylabel='percent', title='task metric (greedy generation on val)')
         ax.legend()
         save(fig, 'metric.png')
 
     # Bitune: every layer's mixing coefficient, alpha = weight of the bidirectional side
-    if 'alpha_k' in rows[-1]:
+    layers = max((len(r[k]) for r in rows for k in ('alpha_k', 'alpha_v')
+                  if isinstance(r.get(k), list)), default=0)
+    alphas = {key: {layer: s for layer in range(layers)
+                    for s in [series(rows, key, index=layer)] if s[0]}
+              for key in ('alpha_k', 'alpha_v')}
+    if any(alphas.values()):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
         for ax, key in zip(axes, ('alpha_k', 'alpha_v')):
-            for layer in range(len(rows[-1][key])):
-                ax.plot(it, [r[key][layer] for r in rows], label=f'layer {layer}')
+            for layer, (its, ys) in alphas[key].items():
+                ax.plot(its, ys, label=f'layer {layer}', marker='o' if len(its) == 1 else None)
             ax.axhline(0.5, color='grey', lw=0.5)
             ax.set(xlabel='iteration', title=f'Bitune {key} (1 = bidirectional pass only)',
                    ylim=(0, 1))
         axes[0].set_ylabel('alpha')
-        axes[1].legend(fontsize=8)
+        (axes[1] if alphas['alpha_v'] else axes[0]).legend(fontsize=8)
         save(fig, 'alpha.png')
+    if not written:
+        raise ValueError(f"{out_dir}/log.jsonl has {len(rows)} row(s) but no loss, task metric "
+                         f"or alpha to draw: it is not the log of a train.py run, or a damaged "
+                         f"one; pass the out_dir of a run of train.py")
     return written
 
 
@@ -129,28 +161,49 @@ def attention_weights(gpt, idx, layer, attn):
         return scores.masked_fill(~mask, float('-inf')).softmax(-1)[0]
 
 
-def plot_attention(out_dir, text, layer=0):
-    """out_dir/attention.png: a toy prompt read causally (top) and bidirectionally (bottom),
-    per head. For a Bitune checkpoint each reading uses its own adapter, exactly as Passes B
-    and A do."""
+def attention_inputs(out_dir, text, layer=0):
+    """What plot_attention draws from, checked before anything is drawn: (model, gpt, meta, prompt,
+    last), prompt the token ids of Bitune's prefix of the toy prompt text (all but its last token
+    `last`)."""
     model, gpt, ckpt = model_from_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
-    meta = ckpt['meta']
-    if not 0 <= layer < gpt.config.n_layer:
-        raise ValueError(f"layer {layer}: the model has layers 0..{gpt.config.n_layer - 1}")
-    if meta['tokenizer'] != 'char':
-        raise ValueError("attention pictures are drawn for toy checkpoints "
-                         "(one character per token)")
+    meta, n_layer = ckpt['meta'], gpt.config.n_layer
+    if not 0 <= layer < n_layer:
+        raise ValueError(f"layer {layer}: the model has layers 0..{n_layer - 1}; give a LAYER "
+                         f"from 0 to {n_layer - 1}")
+    if meta.get('tokenizer') != 'char':
+        raise ValueError(f"{out_dir}/ckpt.pt is not a toy checkpoint: attention pictures are "
+                         f"drawn for toy checkpoints (one character per token)")
     # Bitune's prefix: the prompt minus its last token
     *prompt, last = toy.parse_prompt(text, meta)
+    block_size = gpt.config.block_size
+    if len(prompt) > block_size:
+        data = len(''.join(text.split())) - 1  # the prompt's symbols but its one op
+        most = data - (len(prompt) - block_size)
+        raise ValueError(f"toy prompt {text!r}: Bitune's prefix of it is {len(prompt)} tokens, "
+                         f"more than the model's block_size {block_size}; give a prompt of at "
+                         f"most {most} data symbols")
+    return model, gpt, meta, prompt, last
+
+
+def plot_attention(out_dir, text, layer=0, inputs=None):
+    """out_dir/attention.png: a toy prompt read causally (top) and bidirectionally (bottom),
+    per head. For a Bitune checkpoint each reading uses its own adapter, exactly as Passes B
+    and A do. inputs: attention_inputs(out_dir, text, layer), when already checked."""
+    model, gpt, meta, prompt, last = inputs or attention_inputs(out_dir, text, layer)
     idx = torch.tensor([prompt])
     labels = [meta['itos'][t] for t in prompt]
     readings = [('causal', getattr(model, 'causal_adapter', None)),
                 ('bidir', getattr(model, 'a_adapter', None))]
+    weights = []
+    for attn, name in readings:
+        with adapter(gpt, name if name in adapter_kinds(gpt) else None):
+            weights.append(attention_weights(gpt, idx, layer, attn))
+        if not weights[-1].isfinite().all():  # never a picture of nan
+            raise ValueError(f"{out_dir}/ckpt.pt gives attention weights that are not finite "
+                             f"in layer {layer}; its weights are damaged: train the run again")
     nh = gpt.config.n_head
     fig, axes = plt.subplots(2, nh, figsize=(2.6 * nh + 1, 6), squeeze=False)
-    for row, (attn, name) in enumerate(readings):
-        with adapter(gpt, name if name in adapter_kinds(gpt) else None):
-            w = attention_weights(gpt, idx, layer, attn)
+    for row, ((attn, name), w) in enumerate(zip(readings, weights)):
         for h in range(nh):
             ax = axes[row][h]
             im = ax.imshow(w[h].numpy(), vmin=0, vmax=1, cmap='viridis')
@@ -169,11 +222,15 @@ def plot_attention(out_dir, text, layer=0):
 
 def main(argv):
     if len(argv) not in (1, 2, 3) or (len(argv) == 3 and not argv[2].isdigit()):
-        raise ValueError('usage: python utils/plot.py OUT_DIR ["31415 R" [LAYER]]')
+        raise ValueError('usage: python utils/plot.py OUT_DIR ["31415 R" [LAYER]] '
+                         '(LAYER: a layer\'s number, 0 for the first)')
+    layer = int(argv[2]) if len(argv) == 3 else 0
+    # the prompt and layer checked first: a mistake there is one line, with nothing drawn yet
+    inputs = attention_inputs(argv[0], argv[1], layer) if len(argv) >= 2 else None
     for path in plot_run(argv[0]):
         print('wrote', path)
-    if len(argv) >= 2:
-        print('wrote', plot_attention(argv[0], argv[1], int(argv[2]) if len(argv) == 3 else 0))
+    if inputs:
+        print('wrote', plot_attention(argv[0], argv[1], layer, inputs))
 
 
 if __name__ == '__main__':
