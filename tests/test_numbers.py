@@ -98,3 +98,32 @@ def test_a_made_up_number_fails(known):
                        known) == ['[+3.5, +24.4]']
     # the rounding is report.py's: -0.5 stays -0.5, and a bound off by 0.1 is a different number
     assert (r1(-0.54), r1(-0.46)) == (-0.5, -0.5)
+
+
+def test_every_interval_is_recomputed_from_the_per_seed_scores():
+    """Each results.json's paired comparisons follow from its runs' final scores: the differences
+    seed by seed, and the 95% t-interval on them with the exact t quantile (labs/stats.py)."""
+    from labs import stats
+    checked = 0
+    for path in glob.glob(os.path.join(ROOT, 'labs', 'results', '**', 'results.json'),
+                          recursive=True):
+        with open(path) as f:
+            res = json.load(f)
+        metric = res['metric']
+        for name, arm in res['arms'].items():
+            for view, v in arm['views'].items():
+                p = v.get('vs_baseline')
+                if not p:
+                    continue
+                ref = res['arms'][p.get('arm', res['baseline'])]['views'][view]['runs']
+                mine = {r['seed']: r[metric] for r in v['runs']}
+                theirs = {r['seed']: r[metric] for r in ref}
+                diffs = [mine[s] - theirs[s] for s in p['seeds']]
+                assert diffs == pytest.approx(p['diffs']), (path, name, view)
+                if p['low'] is not None:
+                    _, low, high = stats.t_interval(diffs)
+                    assert (low, high) == pytest.approx((p['low'], p['high']), abs=1e-9), \
+                        (path, name, view)
+                    assert p['verdict'] == stats.verdict(low, high)
+                    checked += 1
+    assert checked > 50  # every lab's comparisons, not none
