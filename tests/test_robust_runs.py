@@ -102,3 +102,18 @@ def test_a_tiny_temperature_samples_the_most_likely_token(tiny_gpt):
     g = torch.Generator().manual_seed(0)
     tok = model._sample(logits, 1e-30, None, g)  # logits / 1e-30 would be inf, softmax NaN
     assert torch.equal(tok[:, 0], logits.argmax(-1))
+
+
+def test_a_log_row_without_its_iteration_is_named_on_resume_and_a_half_row_is_dropped(tmp_path):
+    out = str(tmp_path / 'out')
+    train.main(TINY + [f'--out_dir={out}'])
+    log = os.path.join(out, 'log.jsonl')
+    good = open(log).read()
+    with open(log, 'a') as f:
+        f.write('{"val_loss": 1.0}\n')  # a row someone added by hand
+    with pytest.raises(ValueError, match=r"log.jsonl, line 3, is not a row of train.py's log"):
+        train.main(TINY + [f'--out_dir={out}', '--init_from=resume', '--max_iters=4'])
+    with open(log, 'w') as f:
+        f.write(good + '{"iter": 4, "val_lo')  # a run killed while writing a row
+    last = train.main(TINY + [f'--out_dir={out}', '--init_from=resume', '--max_iters=4'])
+    assert last['iter'] == 4 and open(log).read().count('\n') == 3  # rows 0, 2 and 4, whole
