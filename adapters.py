@@ -1,34 +1,25 @@
 """
-Adapters: small trained additions to a frozen linear layer, several per layer, each with a
-name and one kind. model.py builds every linear layer of the GPT as an AdaptedLinear, so any
-layer can carry adapters; with none it is exactly nn.Linear.
+Adapters: small trained additions to a frozen linear layer y = W x + b, several per layer, each with
+a name and one kind. model.py builds every linear layer as an AdaptedLinear: with no adapter active
+it is exactly nn.Linear.
 
-- LoRA (Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", arXiv 2106.09685)
-- DoRA (Liu et al., "DoRA: Weight-Decomposed Low-Rank Adaptation", arXiv 2402.09353)
-- IA3  (Liu et al., "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than
-  In-Context Learning", arXiv 2205.05638)
+  LoRA (Hu et al., arXiv 2106.09685)   y = W x + b + s B A x       s = alpha / r, B starts at 0
+  DoRA (Liu et al., arXiv 2402.09353)  y = m * (W + s B A) x / ||W + s B A|| + b
+                                       a norm per output unit, m starts at ||W||
+  IA3  (Liu et al., arXiv 2205.05638)  y = l * (W x + b)  or  y = W (l * x) + b,  l starts at ones
 
-Bitune (arXiv 2405.14862) reads the prompt twice with two different adapters, 'causal' and
-'bidir'; one call chooses which adapter the whole model runs, whatever their kind.
+Bitune (arXiv 2405.14862) reads the prompt twice with two adapters, 'causal' and 'bidir'; one call
+chooses which adapter the whole model runs, whatever their kind.
 
-Usage:
     add_adapters(model, names=('causal', 'bidir'), kind='dora'); set_adapter(model, 'bidir')
     with adapter(model, 'causal'): ...   # run the model with another adapter for a while
 """
-
 import math
 from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-# -----------------------------------------------------------------------------
-# Adapters: small trained additions to a frozen linear layer y = W x + b
-#   LoRA (arXiv 2106.09685)  y = W x + b + s B A x                     s = alpha / r, B starts at 0
-#   DoRA (arXiv 2402.09353)  y = m * (W + s B A) x / ||W + s B A|| + b  norm per output unit,
-#                                                                       m starts at ||W||
-#   IA3  (arXiv 2205.05638)  y = l * (W x + b)  or  y = W (l * x) + b   l a vector, starts at ones
 
 KINDS = ('lora', 'dora', 'ia3')
 
@@ -67,8 +58,7 @@ class AdaptedLinear(nn.Linear):
         kw = dict(device=self.weight.device, dtype=self.weight.dtype)
         if kind == 'ia3':
             n = self.in_features if ia3_on == 'in' else self.out_features - ia3_skip
-            # ones: a fresh adapter changes nothing
-            self.ia3_l[name] = nn.Parameter(torch.ones(n, **kw))
+            self.ia3_l[name] = nn.Parameter(torch.ones(n, **kw))  # ones: changes nothing
             self.ia3_on[name] = ia3_on
         else:
             A = torch.empty(r, self.in_features, **kw)
@@ -79,9 +69,7 @@ class AdaptedLinear(nn.Linear):
             # dropout acts on the adapter's input only, never on the frozen path
             self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
             self.lora_scale[name] = alpha / r
-            if kind == 'dora':
-                # m starts at W's row norms, so m * W / ||W|| = W: a fresh DoRA adapter
-                # changes nothing either
+            if kind == 'dora':  # m starts at W's row norms: m * W / ||W|| = W, nothing changes
                 self.dora_m[name] = nn.Parameter(self.weight.detach().norm(dim=1))
         self.kind[name] = kind
 
@@ -106,8 +94,7 @@ class AdaptedLinear(nn.Linear):
     def forward(self, x):
         name = self.active
         if self.merged is not None and name != self.merged:
-            # `weight` holds the merged adapter's weight; running anything else would be
-            # silently wrong
+            # `weight` holds the merged adapter: running anything else would be silently wrong
             raise RuntimeError(f"adapter '{self.merged}' is merged into the weight; call unmerge() "
                                f"before running with adapter {name!r}")
         if name is None or name == self.merged:
@@ -123,12 +110,10 @@ class AdaptedLinear(nn.Linear):
             y = y * self.dora_scale(name)                                     # * m / ||W + s B A||
             return y if self.bias is None else y + self.bias
         if self.weight.requires_grad and torch.is_grad_enabled() and isinstance(drop, nn.Identity):
-            # W is trained too (Bitune's Pass A under peft='none'): backward pays for W's gradient
-            # anyway, so one matmul with W + scale B A is cheaper than the two thin extra ones
-            # below. Same function.
+            # W is trained too (Bitune's Pass A under peft='none'): backward pays for W's
+            # gradient anyway, so one matmul with W + s B A beats the two thin ones below
             return F.linear(x, self.weight + scale * (B @ A), self.bias)
-        # W x + b + (alpha/r) B A x
-        return F.linear(x, self.weight, self.bias) + scale * (drop(x) @ A.t() @ B.t())
+        return F.linear(x, self.weight, self.bias) + scale * (drop(x) @ A.t() @ B.t())  # LoRA
 
     @torch.no_grad()
     def adapted_weight(self, name):
@@ -140,8 +125,7 @@ class AdaptedLinear(nn.Linear):
             return self.dora_scale(name)[:, None] * (W + self.delta_weight(name)), b
         if self.ia3_on[name] == 'in':
             return W * self.ia3_l[name], b  # scaling input j = scaling column j of W
-        s = self.ia3_out_scale(name)
-        # scaling output i = scaling row i and b_i
+        s = self.ia3_out_scale(name)  # scaling output i = scaling row i and b_i
         return W * s[:, None], None if b is None else b * s
 
     @torch.no_grad()
@@ -219,8 +203,7 @@ def set_adapter(model, name):
         raise ValueError(f"no adapter named {name!r}; "
                          f"the model has {have or 'none (call add_adapters first)'}")
     for m in adapted_layers(model):
-        # layers without such an adapter (left out of `targets`, or not an IA3 place) run their
-        # base weight
+        # layers without such an adapter (not in `targets`, not an IA3 place) run the base
         m.active = name if name in m.kind else None
 
 

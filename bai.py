@@ -3,23 +3,19 @@ BAI: Bidirectional Awareness Induction, for a decoder-only GPT.
 Hu, Cavicchioli, Capotondi, "Bidirectional Awareness Induction in Autoregressive
 Seq2Seq Models", arXiv 2408.13959.
 
-Idea: some elements of the network, the Pivots, are trained to reconstruct the
-whole target sequence. Nothing at inference depends on that target, so the model
-stays autoregressive: BAI adds a training loss only, no parameters, and leaves
-generate() untouched.
+Idea: some elements of the network, the Pivots, are trained to reconstruct the whole target
+sequence. Nothing at inference depends on that target, so the model stays autoregressive: BAI
+adds a training loss only, no parameters, and leaves generate() untouched.
 
-No code for BAI was released. This file is our reconstruction from the paper's
-published summary. Our choices, each a switch with its default:
-  1. pivots E = hidden states at the prompt positions of layer `layer`, taken from the
-     same causal forward that gives the CE loss. Prompt positions never attend to the
-     answer, so nothing leaks. Default -2: the output of the block before the last
-     (n_layer - 2); -1 is the final state after ln_f (the tied embedding space), and
-     0..n_layer-1 any block. Why -2: in lab 4 (labs/README.md; 4-layer toy, 5 seeds,
-     equal steps and compute) pivots from block 2 beat causal on every seed, +4.8 points,
-     95% t-interval [+0.7, +9.0], while pivots after ln_f did nothing measurable (-0.3
-     [-3.6, +3.0]). One reading: the final state must predict the next token, and
-     reconstructing the answer competes with that; an inner layer has room. The lead is
-     small and measured on one toy model, so -1 stays one switch away.
+No code for BAI was released. This file is our reconstruction from the paper's published
+summary. Our choices, each a switch with its default:
+  1. pivots E = hidden states at the prompt positions of layer `layer`, from the same causal
+     forward that gives the CE loss. Prompt positions never attend to the answer, so nothing
+     leaks. Default -2: the output of the block before the last; -1 is the final state after
+     ln_f (the tied embedding space), 0..n_layer-1 any block. Why -2: in lab 4 (labs/README.md)
+     pivots from block 2 were ahead of causal on every seed, pivots after ln_f showed nothing
+     measurable. A hypothesis: the final state must predict the next token, and rebuilding the
+     answer competes with that. Measured on one toy model, so -1 stays one switch away.
   2. target embeddings D = wte(answer tokens), detached (`detach_target=True`).
   3. length equalization by scaled dot-product attention of D over E (summary's wording).
   4. loss `kind`: 'mse' (default; the summary names a mean-square loss), 'cosine', 'ce'.

@@ -42,17 +42,11 @@ def tokens_read(prompt_len, answer_len, variant='full'):
 
 
 def check_bidir_reaches_kv(variant, n_layer, targets):
-    """Refuse a model in which Pass A's keys and values are exactly those of a causal pass: Bitune
-    would then pay for two readings of the prompt and train ordinary LoRA (alpha and the 'bidir'
-    adapter would get no gradient at all).
-
-    Layer l computes its K/V with c_attn from its input, before its attention runs. So
-      - the bidirectional mask reaches a K/V only from layer 1 on, through layer 0's attention;
-      - Pass A's own adapter reaches layer l's K/V through c_attn of layer l, or through any
-        adapted module (c_attn, c_proj, c_fc) of a layer below l, which changes l's input.
-    With two or more layers every variant reaches layer 1's K/V one way or the other. With one
-    layer only an adapted c_attn counts, and only in variants whose Pass A has its own adapter.
-    (There the mask still changes nothing: the two readings differ only by their adapters.)"""
+    """Refuse a model whose Pass A keys and values are exactly a causal pass's: Bitune would pay
+    for two readings and train plain LoRA. Layer l computes its K/V from its input, before its
+    attention runs, so the bidirectional mask reaches K/V from layer 1 on, and Pass A's own adapter
+    through layer l's c_attn or any adapted layer below l. With one layer only an adapted c_attn
+    counts, and only in variants whose Pass A has its own adapter."""
     own_adapter = VARIANTS[variant][1] == 'bidir'
     if n_layer >= 2 or (own_adapter and 'c_attn' in targets.split(',')):
         return
