@@ -28,5 +28,8 @@ learning_rate = 1e-3       # the 'finetune' lab uses 3e-3 for its LoRA arms
 warmup_iters = 50
 decay = 'cosine'
 min_lr = 1e-4
+# float32 on every device (a GPU's 'auto' would pick bfloat16 or float16): the toy model needs no
+# autocast, and a class pools runs made on any machine as one experiment (labs/handin.py)
+dtype = 'float32'
 # evaluation: the whole val set (125 examples per op); labs.py sets eval_interval
 eval_examples = 500

@@ -109,3 +109,20 @@ def aggregate(runs, opts, lab):
             'max_iters': opts['budget']['max_iters'],
             'budget': {k: opts['budget'][k] for k in ('arm', 'token_forwards')},
             'arms': {name: arms[name] for name in lab['arms'] if name in arms}}
+
+
+def intervals(res):
+    """One line per compared arm of aggregate()'s results: its mean difference with its reference
+    arm and the 95% interval in each view, as the forest plot draws them."""
+    lines = []
+    for name, arm in res['arms'].items():
+        cells, ref = [], None
+        for view in ('steps', 'compute'):
+            p = arm['views'].get(view, {}).get('vs_baseline')
+            if p and p['mean'] is not None:
+                ci = '' if p['low'] is None else f" [{p['low']:+.1f}, {p['high']:+.1f}]"
+                cells.append(f"equal {view} {p['mean']:+.1f}{ci} {p['verdict']}")
+                ref = p['arm']
+        if cells:
+            lines.append(f"  {name} vs {ref}: {'; '.join(cells)}")
+    return lines

@@ -14,7 +14,8 @@ The handouts (what each lab asks, how long it takes, what we measured) are in la
     python labs/labs.py --lab=methods --seeds=1,2 --max_iters=100 --n_layer=2
 
 labs.py's options (LAB_DEFAULTS, read by configurator.configure): --lab --seeds --arms --max_iters
---evals --jobs --quick --baseline --target --out_dir --pool; any other --key=value goes to each run.
+--evals --jobs --quick --baseline --target --out_dir --pool --watch; any other --key=value goes to
+each run. Linux and macOS; on Windows, WSL (labs.py stops its runs with os.killpg).
 
 Two views of every lab:
 - equal steps: every arm trains max_iters iterations (config/lab_toy.py: 500 at batch 64).
@@ -43,12 +44,16 @@ uninterrupted. One labs.py at a time per out_dir (out_dir/lock).
 A class (labs/shares.py): each student runs one seed, perhaps only some arms, and hands in a file:
     python labs/labs.py --lab=methods --seeds=14 --arms=causal,bitune   # the baseline among them
     -> labs/runs/methods/share_s14.json
-A share holds each run of that seed: its arm, views, max_iters, tokens_per_step, cost, fingerprint
-and every evaluation row of its log; every lab writes one per seed. The runs of --arms are the
-whole lab's (the equal-compute budget is still the costliest arm's of the whole lab). The teacher
-pools them into the same tables, with the seeds found, in handed_in/ (or --out_dir):
-    python labs/labs.py --lab=methods --pool=handed_in/   # every share_s*.json or lab folder in it
-A share made with other settings or code, or a seed handed in twice, is refused, naming the file.
+A share holds every finished run of that seed in out_dir, whatever --arms each command named: its
+arm, views, max_iters, tokens_per_step, cost, fingerprint, the setup it ran on (device, dtype,
+threads, ...) and every evaluation row of its log; every lab writes one per seed. The runs of --arms
+are the whole lab's (the equal-compute budget is still the costliest arm's of the whole lab). The
+teacher pools them into the same tables, with the seeds found, in handed_in/ (or --out_dir):
+    python labs/labs.py --lab=methods --pool=handed_in/   # every share_*.json or lab folder in it
+    python labs/labs.py --lab=methods --pool=handed_in/ --watch   # again as each share lands
+Every file handed in is checked (labs/handin.py); one that fails, a share made with other settings
+or code, or a seed handed in twice, is refused, naming the file (--watch: left out, with a line).
+Other machines, devices and thread counts pool; results.json lists the setups ('setups').
 """
 import os
 import shlex
@@ -143,12 +148,14 @@ CONFIG = os.path.join(ROOT, 'config', 'lab_toy.py')
 # labs.py's own options, read by configurator.configure (which checks their types), then EXAMPLES:
 # a good value of each, for the error lines. '' and max_iters 0: the lab's or the config's value.
 LAB_DEFAULTS = {'lab': '', 'seeds': '1,2,3,4,5', 'max_iters': 0, 'out_dir': '', 'jobs': 1,
-                'quick': False, 'baseline': '', 'target': 80.0, 'evals': 5, 'arms': '', 'pool': ''}
+                'quick': False, 'baseline': '', 'target': 80.0, 'evals': 5, 'arms': '', 'pool': '',
+                'watch': False}
 EXAMPLES = {'lab': 'methods', 'seeds': '1,2,3', 'max_iters': '500', 'out_dir': 'labs/runs/mine',
             'jobs': '2', 'quick': 'True', 'baseline': 'causal', 'target': '80', 'evals': '5',
-            'arms': 'causal,bitune', 'pool': 'handed_in'}
+            'arms': 'causal,bitune', 'pool': 'handed_in',
+            'watch': 'True --pool=handed_in'}
 WRONG_TYPE = {int: 'not a whole number', float: 'not a number',
-              bool: 'write True or False (or just --quick)'}
+              bool: 'write True or False, or the bare flag'}
 YES_NO = {'true': 'True', '1': 'True', 'false': 'False', '0': 'False'}  # --quick=1 as --quick=True
 
 
@@ -177,7 +184,7 @@ def read_options(argv):
                 raise ValueError(f"{arg}: labs.py sets each run's {key}; use {instead}")
             passthrough.append(arg)
             continue
-        if key == 'quick':  # a bare flag, or a word for yes or no
+        if isinstance(LAB_DEFAULTS[key], bool):  # a bare flag, or a word for yes or no
             value = YES_NO.get(value, value) if eq else 'True'
         if not value:
             raise bad(key, '', 'is empty')
@@ -194,6 +201,8 @@ def read_options(argv):
     if opts['pool'] and not os.path.isdir(opts['pool']):
         raise bad('pool', opts['pool'],
                   'not a folder; name the folder that holds the share_s*.json files')
+    if opts['watch'] and not opts['pool']:
+        raise bad('watch', given['watch'], 'it watches the folder that --pool names: give both')
     if opts['pool'] and 'seeds' in given:
         raise bad('seeds', opts['seeds'],
                   'pooling takes the seeds it finds in --pool; leave --seeds out')
@@ -224,12 +233,12 @@ def read_options(argv):
     return opts, passthrough
 
 
-def plan(opts, passthrough):
+def plan(opts, passthrough, which=None):
     """The lab's runs: dicts with arm, seed, stage (0 = bases), views ('steps', 'compute', or both),
     out_dir, argv for train.py, its config (resolved here with train.py's own defaults, so that a
     typo fails before any run starts), tokens_per_step, cost and its fingerprint. Only the arms in
-    opts['arms'] are planned, but the equal-compute budget is always the whole lab's, so a run is
-    the same whichever arms a command asks for."""
+    opts['arms'] (or those `which` names) are planned, but the equal-compute budget is always the
+    whole lab's, so a run is the same whichever arms a command asks for."""
     lab = LABS[opts['lab']]
     first = [CONFIG, *[f'--{k}={v}' for k, v in QUICK['settings'].items() if opts['quick']]]
 
@@ -268,7 +277,7 @@ def plan(opts, passthrough):
             runs.append(make('base', lab['base'], seed, 0, (), base_iters, f's{seed}'))
             base = runs[-1]['fingerprint']
             base_ckpt = os.path.join(runs[-1]['out_dir'], 'ckpt.pt')
-        for arm in [a for a in opts['arms'] if a in arms]:
+        for arm in [a for a in which or opts['arms'] if a in arms]:
             settings = arms[arm]
             if 'base' in lab:  # fine-tune from the same seed's base
                 settings = {**settings, 'init_from': base_ckpt}
@@ -284,35 +293,30 @@ def plan(opts, passthrough):
 
 
 def main(argv=None):
+    if sys.platform == 'win32':  # no os.killpg to stop a run with whatever it started
+        raise ValueError("labs.py does not run on native Windows (it stops its runs with "
+                         "os.killpg, which Windows lacks); run it in WSL (Windows Subsystem for "
+                         "Linux: `wsl --install`), with the same command")
     argv = sys.argv[1:] if argv is None else argv
     opts, passthrough = read_options(argv)
+    lab = LABS[opts['lab']]
     if opts['pool']:  # the seeds handed in make the plan
-        found = shares.handed_in(opts['pool'], opts['lab'])
-        opts['seeds'] = sorted({rec['seed'] for _, rec in found})
-    runs = plan(opts, passthrough)  # a typo in a setting fails before anything else
-    held = lock.take(opts['out_dir'], 'labs.py')  # one labs.py at a time in a lab's folder
-    try:
-        if opts['pool']:
-            runs, failed = shares.pool(found, runs, opts['arms']), []
-            results = {**aggregate.aggregate(runs, opts, LABS[opts['lab']]),
-                       'pooled': sorted({r['source'] for r in runs if 'source' in r})}
-            note = (f"pooled {len(opts['seeds'])} seeds ({', '.join(map(str, opts['seeds']))}) "
-                    f"from {opts['pool']}")
-        else:
-            reused = sum(map(runner.finished, runs))
-            again = ' '.join(['python labs/labs.py', *map(shlex.quote, argv)])
-            failed = runner.run_all(runs, opts['jobs'], again)
-            results = {**aggregate.aggregate(runs, opts, LABS[opts['lab']]), 'runs': len(runs),
-                       'reused': reused}
-            note = f"{reused} of {len(runs)} runs reused from earlier (same settings and code)"
-            for path in shares.write_shares(runs, opts):
-                note += (f"\nshare: {path} (hand it in; a teacher pools a folder of shares: "
-                         f"python labs/labs.py --lab={opts['lab']} --pool=FOLDER)")
+        plan({**opts, 'seeds': []}, passthrough)  # a typo in a setting fails before anything else
+        with lock.held(opts['out_dir'], 'labs.py'):  # one labs.py at a time in a lab's folder
+            return shares.pool_command(opts, lambda o: plan(o, passthrough), lab)
+    every = plan(opts, passthrough, list(lab['arms']))  # a typo fails before anything else
+    runs = [r for r in every if r['arm'] in opts['arms'] or r['arm'] == 'base']
+    with lock.held(opts['out_dir'], 'labs.py'):
+        reused = sum(map(runner.finished, runs))
+        again = ' '.join(['python labs/labs.py', *map(shlex.quote, argv)])
+        failed = runner.run_all(runs, opts['jobs'], again)
+        results = {**aggregate.aggregate(runs, opts, lab), 'runs': len(runs), 'reused': reused}
+        note = f"{reused} of {len(runs)} runs reused from earlier (same settings and code)"
+        for path, arms in shares.write_shares(runs, opts, every):  # every finished arm of a seed
+            note += (f"\nshare: {path} holds {', '.join(arms)} (hand it in; a teacher pools a "
+                     f"folder of shares: python labs/labs.py --lab={opts['lab']} --pool=FOLDER)")
         lines = report.write_results(results, opts['out_dir'])
-    finally:
-        lock.release(held)
-    print('\n'.join(lines) + f"\n{note}\nwrote {opts['out_dir']}/results.md, results.json, "
-          f"results_forest.png, results.png, results_curves.png")
+    print('\n'.join(lines) + f"\n{note}\nwrote {opts['out_dir']}/{shares.RESULTS}")
     if failed:
         where = ', '.join(r['out_dir'] for r in failed)
         raise RuntimeError(f"{len(failed)} run(s) failed: {where}; read their train.txt, fix the "

@@ -2,7 +2,8 @@
 Running a lab's runs: each train.py run in its own process (launch), `jobs` at a time, stage by
 stage (run_all); Ctrl-C or SIGTERM stops them all (stop), and so does labs.py's death
 (die_with_parent). A run that ends well gets out_dir/run.json, its record (what it is and its
-fingerprint), so that the same command reuses it (finished).
+fingerprint), so that the same command reuses it (finished); read_record reads one, checked, as it
+reads any JSON file handed in (load_json: a regular file of UTF-8 JSON, or one line that says why).
 
     failed = run_all(runs, jobs=2, again='python labs/labs.py ...')   # the runs of labs.plan()
 """
@@ -21,12 +22,81 @@ from utils.runtime import atomic_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # runs start here, at train.py
 
 
-def read_json(path):
-    """A JSON file's contents, or None if there is none."""
-    if not os.path.exists(path):
+MAX_BYTES = 50 * 2**20  # a share is a few kB; a run.json well under one
+
+
+def load_json(path, fix):
+    """The JSON in the file path, None if there is none. A file handed in is untrusted: anything
+    but a regular file of UTF-8 JSON text (a broken link, a FIFO, which would block a reader,
+    binary, half a file) is a ValueError naming it, what is wrong and `fix`, what to do."""
+    if not os.path.lexists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    if not os.path.exists(path):
+        raise ValueError(f"{path} is a link to a file that is not there; {fix}")
+    if not os.path.isfile(path):  # stat.S_ISREG: a FIFO or a device is never opened
+        raise ValueError(f"{path} is not a regular file; {fix}")
+    if os.path.getsize(path) > MAX_BYTES:
+        raise ValueError(f"{path} is larger ({os.path.getsize(path):,} bytes) than any file "
+                         f"labs.py writes; {fix}")
+    try:
+        with open(path, 'rb') as f:
+            text = f.read().decode('utf-8')
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not text (not UTF-8); {fix}") from None
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read ({e.strerror}); {fix}") from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty; {fix}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:  # an end too early: a copy or download cut short
+        cut = e.pos >= len(text.rstrip()) or e.msg.startswith('Unterminated string')
+        raise ValueError(f"{path} is not JSON{' (cut short)' if cut else ''}: {e.msg} (line "
+                         f"{e.lineno}, column {e.colno}); {fix}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deep to be a file labs.py wrote; {fix}") from None
+
+
+def whole(x, least=0):
+    return isinstance(x, int) and not isinstance(x, bool) and x >= least
+
+
+def shown(value):
+    """A value as an error line quotes it: short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + '...'
+
+
+# What pooling and reuse read of a run's record (record()): each key, its test, what it should be
+RECORD = {'arm': (lambda v: isinstance(v, str) and v != '', 'an arm name'),
+          'seed': (whole, 'a whole number >= 0'),
+          'views': (lambda v: isinstance(v, list) and all(x in ('steps', 'compute') for x in v)
+                    and 0 < len(set(v)) == len(v), "a list of 'steps' and/or 'compute'"),
+          'max_iters': (lambda v: whole(v, 1), 'a whole number >= 1'),
+          'fingerprint': (lambda v: isinstance(v, dict) and isinstance(v.get('settings'), dict)
+                          and isinstance(v.get('code'), str), "{'settings': {...}, 'code': ...}")}
+RUN_JSON_FIX = ("delete that run's folder (the same lab command runs it again), or pool the lab's "
+                "share_s<seed>.json instead")
+
+
+def check_record(rec, where, fix):
+    """rec, a run's record (run.json, or a run in a share), as record() writes it; else a ValueError
+    that names `where` (the file, and the run in it), the key, and `fix`, what to do."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where} is not a run's record (a JSON {type(rec).__name__}, not an "
+                         f"object); {fix}")
+    for key, (ok, what) in RECORD.items():
+        if key not in rec:
+            raise ValueError(f"{where} has no '{key}'; {fix}")
+        if not ok(rec[key]):
+            raise ValueError(f"{where}: '{key}' is {shown(rec[key])}, not {what}; {fix}")
+    return rec
+
+
+def read_record(path):
+    """The record in a run folder's run.json (None if it has none), checked (check_record)."""
+    rec = load_json(path, RUN_JSON_FIX)
+    return None if rec is None else check_record(rec, path, RUN_JSON_FIX)
 
 
 def write_json(path, obj):
@@ -51,7 +121,7 @@ def finished(run):
     """Done with the same settings and code. run.json is written only after the run has ended well,
     and removed before it starts again, so a stopped or failed run is never taken for a finished
     one."""
-    done = read_json(os.path.join(run['out_dir'], 'run.json'))
+    done = read_record(os.path.join(run['out_dir'], 'run.json'))
     return done is not None and done['fingerprint'] == run['fingerprint'] and logged_to_the_end(run)
 
 

@@ -1,34 +1,40 @@
 """
 A lab shared by a class: what a run's numbers depend on (fingerprint: its settings and the hash of
 the method code), the small file a student hands in per seed (write_shares), and the teacher's side:
-every share and finished run folder under a folder (handed_in), matched with the lab's plan (pool).
+the shares and run folders handed in (labs/handin.py reads and checks them) matched with the lab's
+plan (pool), pooled once (pool_pass) or again each time one lands (watch).
 
     share_s14.json = {'lab': 'methods', 'seed': 14, 'arms': ['causal', 'bitune'],
-                      'runs': [{**record(run), 'rows': [its log's rows]}, ...]}
+                      'runs': [{**record(run), 'setup': {...}, 'rows': [its log's rows]}, ...]}
 """
 import hashlib
 import os
-import re
+import time
 
+from labs import aggregate, handin, report
 from labs.aggregate import rows_of
-from labs.runner import ROOT, read_json, record, write_json
-from utils.rundir import read_log
+from labs.runner import ROOT, record, write_json
 
 # The files whose edits change a run's numbers: train.py and what it imports (utils/plot.py only
-# draws)
+# draws, utils/lock.py only keeps a second run out of the folder)
 CODE = ('train.py', 'configurator.py', 'model.py', 'adapters.py', 'bitune.py', 'bai.py',
         'data/tasks.py', 'data/toy/toy.py', 'utils/checkpoint.py', 'utils/evaluate.py',
         'utils/distributed.py', 'utils/weights.py', 'utils/rundir.py', 'utils/runtime.py')
 # Settings that say where a run goes or what to do with an old one, not what it computes
 PLACES = ('out_dir', 'overwrite')
+# Settings that say what a run ran on, not what it computes: pooling accepts any (a share records
+# what ran, its 'setup'), though a run is reused only with the same
+MACHINE = ('device', 'threads')
+RESULTS = 'results.md, results.json, results_forest.png, results.png, results_curves.png'
 
 
-def code_hash():
-    """sha256 of the code in CODE, file names included."""
+def code_hash(root=ROOT):
+    """sha256 of the code in CODE, file names included, with LF line ends (a Windows checkout's
+    CRLF hashes the same)."""
     h = hashlib.sha256()
     for name in CODE:
-        with open(os.path.join(ROOT, name), 'rb') as f:
-            h.update(name.encode() + b'\0' + f.read() + b'\0')
+        with open(os.path.join(root, name), 'rb') as f:
+            h.update(name.encode() + b'\0' + f.read().replace(b'\r\n', b'\n') + b'\0')
     return h.hexdigest()
 
 
@@ -46,75 +52,136 @@ def fingerprint(cfg, base=None):
     return {'settings': settings, 'code': code_hash()}
 
 
-def write_shares(runs, opts):
-    """out_dir/share_s<seed>.json for every seed whose runs all finished: what a student hands in.
-    Per run its record (arm, views, max_iters, tokens_per_step, cost, fingerprint) and every
-    evaluation row of its log; a few kB, no checkpoints. Returns the paths."""
-    paths = []
+def write_shares(runs, opts, every=None):
+    """out_dir/share_s<seed>.json for every seed whose runs (those this command ran) all finished:
+    what a student hands in. It holds every finished run of that seed in out_dir (every: the whole
+    lab's plan there, every arm), whatever --arms each command named. Per run its record (arm,
+    views, max_iters, tokens_per_step, cost, fingerprint), the setup it ran on (its log's first
+    row) and every evaluation row of its log; a few kB, no checkpoints. Returns [(path, arms)]."""
+    written = []
     for seed in opts['seeds']:
-        mine = [r for r in runs if r['seed'] == seed]
-        rows = [rows_of(r) for r in mine]
-        if not all(rows):
+        if not all(rows_of(r) for r in runs if r['seed'] == seed):
             continue  # no score yet for some run; the next run of the command writes it
-        arms = [a for a in opts['arms'] if any(r['arm'] == a for r in mine)]
+        mine = [(r, rows) for r in (every or runs) if r['seed'] == seed
+                for rows in [rows_of(r)] if rows]
+        arms = [a for a in dict.fromkeys(r['arm'] for r, _ in mine) if a != 'base']
         share = {'lab': opts['lab'], 'seed': seed, 'arms': arms,
-                 'runs': [{**record(r), 'rows': rr} for r, rr in zip(mine, rows)]}
-        paths.append(os.path.join(opts['out_dir'], f'share_s{seed}.json'))
-        write_json(paths[-1], share)
-    return paths
+                 'runs': [{**record(r), **({'setup': rows[0]['setup']} if 'setup' in rows[0]
+                                           else {}), 'rows': rows} for r, rows in mine]}
+        written.append((os.path.join(opts['out_dir'], f'share_s{seed}.json'), arms))
+        write_json(written[-1][0], share)
+    return written
 
 
-def handed_in(top, lab):
-    """Every finished run of lab `lab` under the folder top: [(where it came from, its record with
-    'rows')], from share files and from the run folders of full labs (run.json and log.jsonl), those
-    of a seed whose share lies in its lab's folder left out (that share holds them). A share of
-    another lab, a seed handed in twice, or nothing at all is refused, naming the file."""
-    found = []
-    for where, dirs, files in os.walk(top):
-        dirs.sort()
-        for name in sorted(f for f in files if re.fullmatch(r'share_s\d+\.json', f)):
-            path = os.path.join(where, name)
-            share = read_json(path)
-            found += [(path, {**rec, 'lab': share['lab']}) for rec in share['runs']]
-        rec = read_json(os.path.join(where, 'run.json')) if 'run.json' in files else None
-        lab_dir = os.path.dirname(os.path.dirname(where))  # runs lie in lab_dir/<arm>/s<seed>...
-        if rec and not os.path.exists(os.path.join(lab_dir, f"share_s{rec['seed']}.json")):
-            found.append((f"{lab_dir} (seed {rec['seed']}'s run folders)",
-                          {**rec, 'rows': read_log(where)}))
-    source = {}
-    for where, rec in found:
-        if rec.get('lab', lab) != lab:
-            raise ValueError(f"{where} is a share of lab '{rec['lab']}', not '{lab}'; pool it with "
-                             f"--lab={rec['lab']}")
-        other = source.setdefault(rec['seed'], where)
-        if other != where:
-            raise ValueError(f"seed {rec['seed']} is handed in twice: {other} and {where}; keep "
-                             f"one of them")
-    if not found:
-        raise ValueError(f"--pool={top}: no share_s*.json and no finished run folders in it")
-    return found
+def against_plan(where, rec, r, arms):
+    """The planned run r that rec, a run handed in, is (None: an arm --arms leaves out), checked:
+    the same settings (but MACHINE) and code."""
+    if r is None and (rec['arm'] in arms or rec['arm'] == 'base'):
+        raise ValueError(f"{where}: its '{rec['arm']}' run of seed {rec['seed']} "
+                         f"({rec['max_iters']} iterations) is not one this lab plans; pool "
+                         f"with the options the shares were made with (e.g. --quick)")
+    if r is None:
+        return None  # an arm this command does not ask for (--arms)
+    mine, theirs = ({k: v for k, v in fp['settings'].items() if k not in MACHINE}
+                    for fp in (r['fingerprint'], rec['fingerprint']))
+    if mine != theirs or rec['fingerprint']['code'] != r['fingerprint']['code']:
+        diff = [k for k in sorted({*mine, *theirs}) if mine.get(k) != theirs.get(k)]
+        changed = ', '.join(f'{k}={theirs.get(k)!r}, not {mine.get(k)!r}' for k in diff[:3])
+        what = f"settings ({changed})" if diff else 'code (its method files differ from these)'
+        raise ValueError(f"{where}: its '{rec['arm']}' run of seed {rec['seed']} was made with "
+                         f"other {what}; pool only shares of the same command (e.g. --quick) "
+                         f"on the same code")
+    if rec['max_iters'] != r['cfg']['max_iters']:
+        raise ValueError(f"{where}: its '{rec['arm']}' run of seed {rec['seed']} says "
+                         f"max_iters {rec['max_iters']}, its settings {r['cfg']['max_iters']}; "
+                         f"{handin.SHARE_FIX}")
+    return r
 
 
-def pool(found, planned, arms):
-    """The runs `planned` (labs.plan() for the seeds found) with the rows handed in (handed_in),
-    each checked against its plan: the same settings and code as this lab's run of that arm and
-    seed. arms: the arms this command asks for (--arms); a run of another arm is left out."""
+def pool(found, planned, arms, strict=True, say=print):
+    """The runs `planned` (labs.plan() for the seeds found) with the rows handed in (handin), each
+    checked against its plan (against_plan); a share that fails is a ValueError (strict) or a line
+    said and left out, whole. arms: the arms this command asks for (--arms); a run of another arm
+    is left out. Returns the runs and the entries of found that were pooled."""
     runs = {(r['arm'], r['seed'], tuple(r['views'])): r for r in planned}
-    for where, rec in found:
-        r = runs.get((rec['arm'], rec['seed'], tuple(rec['views'])))
-        if r is None and (rec['arm'] in arms or rec['arm'] == 'base'):
-            raise ValueError(f"{where}: its '{rec['arm']}' run of seed {rec['seed']} "
-                             f"({rec['max_iters']} iterations) is not one this lab plans; pool "
-                             f"with the options the shares were made with (e.g. --quick)")
-        if r is None:
-            continue  # an arm this command does not ask for (--arms)
-        if rec['fingerprint'] != r['fingerprint']:
-            mine, theirs = r['fingerprint']['settings'], rec['fingerprint']['settings']
-            diff = [k for k in sorted({*mine, *theirs}) if mine.get(k) != theirs.get(k)]
-            changed = ', '.join(f'{k}={theirs.get(k)!r}, not {mine.get(k)!r}' for k in diff[:3])
-            what = f"settings ({changed})" if diff else 'code (its method files differ from these)'
-            raise ValueError(f"{where}: its '{rec['arm']}' run of seed {rec['seed']} was made with "
-                             f"other {what}; pool only shares of the same command (e.g. --quick) "
-                             f"on the same code")
-        r['rows'], r['source'] = rec['rows'], where
-    return list(runs.values())
+    pooled = []
+    for where, recs in found:
+        try:
+            matched = [(against_plan(where, rec, runs.get((rec['arm'], rec['seed'],
+                                                          tuple(rec['views']))), arms), rec)
+                       for rec in recs]
+        except ValueError as e:
+            handin.left_out(e, strict, say)
+            continue
+        for r, rec in matched:
+            if r is not None:
+                r['rows'], r['source'] = rec['rows'], where
+        pooled.append((where, recs))
+    return list(runs.values()), pooled
+
+
+def pool_pass(opts, plan, lab, strict=True, say=print):
+    """Pool the folder opts['pool'] once: what is handed in (handin.handed_in), matched with
+    plan(opts) (labs.plan, for the seeds found, which it sets in opts), aggregated with the setups
+    the runs ran on, and written (report.write_results). Returns the results and the lines of
+    results.md; None when nothing pools (strict=False: a watch waits for shares)."""
+    found = handin.handed_in(opts['pool'], opts['lab'], lab, strict, say, own=opts['out_dir'])
+    opts['seeds'] = sorted({r['seed'] for _, recs in found for r in recs})
+    runs, found = pool(found, plan(opts), opts['arms'], strict, say)
+    opts['seeds'] = sorted({r['seed'] for _, recs in found for r in recs})
+    if not found:
+        return None
+    runs = [r for r in runs if r['seed'] in opts['seeds']]
+    results = {**aggregate.aggregate(runs, opts, lab),
+               'pooled': sorted({r['source'] for r in runs if 'source' in r}),
+               'setups': handin.setups(found)}
+    return results, report.write_results(results, opts['out_dir'])
+
+
+def watch(folder, one_pass, sleep=time.sleep, stop=lambda: False, every=1.0):
+    """one_pass() now, and again each time a share or run file under folder is new, changed or
+    gone (handin.snapshot, polled every `every` seconds), until stop() is true or Ctrl-C (a
+    KeyboardInterrupt, for the caller)."""
+    seen = None
+    while not stop():
+        now = handin.snapshot(folder)
+        if now != seen:
+            seen = now
+            one_pass()
+        sleep(every)
+
+
+def pool_command(opts, plan, lab):
+    """labs.py --pool: pool once (a file that fails a check is the error), or with --watch, again
+    each time a share lands, printing n and each arm's intervals (a file that fails is a line, left
+    out), until Ctrl-C, which ends it with a line that says where the results are."""
+    where = f"{opts['out_dir']}/{RESULTS}"
+    if not opts['watch']:
+        res, lines = pool_pass(opts, plan, lab)
+        ran = [f"ran on {s['setup']}: {s['shares']} share(s)" for s in res['setups']]
+        print('\n'.join([*lines, *ran, f"pooled {len(opts['seeds'])} seeds "
+                         f"({', '.join(map(str, opts['seeds']))}) from {opts['pool']}",
+                         f"wrote {where}"]))
+        return res
+    pooled = []
+
+    def one_pass():
+        done = pool_pass(opts, plan, lab, strict=False)
+        now = time.strftime('%H:%M:%S')
+        if done is None:
+            print(f"{now} nothing to pool yet in {opts['pool']}; waiting for shares", flush=True)
+            return
+        pooled.append(done[0])
+        print('\n'.join([f"{now} n = {len(opts['seeds'])} seeds "
+                         f"({', '.join(map(str, opts['seeds']))}) from {opts['pool']}",
+                         *aggregate.intervals(done[0]),
+                         f"  wrote {opts['out_dir']}/results.md and its pictures"]), flush=True)
+    print(f"watching {opts['pool']}: pooling again each time a share lands; Ctrl-C stops")
+    try:
+        watch(opts['pool'], one_pass)
+    except KeyboardInterrupt:
+        pass
+    print(f"stopped watching {opts['pool']}; " +
+          (f"the results of the last pool (n = {len(pooled[-1]['seeds'])}) are in {where}"
+           if pooled else "nothing was pooled"))
+    return pooled[-1] if pooled else None

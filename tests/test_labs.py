@@ -3,6 +3,8 @@ aggregation over seeds, and a tiny lab end to end."""
 import json
 import math
 import os
+import subprocess
+from types import SimpleNamespace
 
 import pytest
 
@@ -112,7 +114,6 @@ def test_ablation_variants_without_pass_b_get_the_longer_runs(tmp_path):
 
 def test_finetune_lab_tunes_every_adapter_kind_from_a_longer_base_each_bitune_arm_against_its_kind(
         tmp_path):
-    from types import SimpleNamespace
     from configurator import check_train_config
     import train
     opts, rest = labs.read_options(['--lab=finetune', '--seeds=1,2', f'--out_dir={tmp_path}'])
@@ -148,7 +149,6 @@ def test_finetune_lab_tunes_every_adapter_kind_from_a_longer_base_each_bitune_ar
 
 
 def test_bitune_bai_lab_varies_one_pivot_setting_per_arm_at_bitunes_cost(tmp_path):
-    from types import SimpleNamespace
     from configurator import check_train_config
     import train
     opts, rest = labs.read_options(['--lab=bitune_bai', '--seeds=1', f'--out_dir={tmp_path}'])
@@ -279,10 +279,16 @@ class TrainHere:
         return self.returncode
 
 
+def only_runs_here(mp):
+    """runner's subprocess module with TrainHere as Popen, leaving every other user's (e.g.
+    platform.processor(), which train.py asks, runs `uname -p`)."""
+    mp.setattr(TrainHere, 'commands', [])
+    mp.setattr(runner, 'subprocess', SimpleNamespace(**{**vars(subprocess), 'Popen': TrainHere}))
+
+
 @pytest.fixture
 def train_here(monkeypatch):
-    monkeypatch.setattr(TrainHere, 'commands', [])
-    monkeypatch.setattr(runner.subprocess, 'Popen', TrainHere)
+    only_runs_here(monkeypatch)
     return TrainHere
 
 

@@ -177,7 +177,7 @@ def test_a_fingerprint_holds_the_settings_values_not_where_they_come_from(tiny_l
     assert 'out_dir' not in here[0]['settings'] and here[0]['settings']['learning_rate'] == 0.002
     assert len(here[0]['code']) == 64
     # every file of this project that train.py imports (at the top or inside a function), but the
-    # plots
+    # plots and the folder's lock
     seen = set()
 
     def imports(path):
@@ -191,14 +191,14 @@ def test_a_fingerprint_holds_the_settings_values_not_where_they_come_from(tiny_l
                     seen.add(f)
                     imports(f)
     imports('train.py')
-    assert seen - {'utils/plot.py'} | {'train.py'} == set(shares.CODE)
+    assert seen - {'utils/plot.py', 'utils/lock.py'} | {'train.py'} == set(shares.CODE)
 
 
 @pytest.mark.parametrize('arg', [
     '--quick=yes', '--seeds=', '--jobs=', '--lab=', '--out_dir=', '--max_iters=abc',
     '--max_iters=0', '--jobs=0', '--jobs=two', '--evals=0', '--seeds=1,x', '--seeds=1,1',
     '--seeds=-1', '--target=abc', '--target=200', '--arms=nope', '--arms=bitune', '--baseline=nope',
-    '--pool=/no/such/folder',
+    '--pool=/no/such/folder', '--watch', '--watch=maybe',
 ])
 def test_each_bad_option_gets_one_error_line_naming_it_with_a_good_example(arg, monkeypatch,
                                                                            capsys):
