@@ -14,8 +14,10 @@ The handouts (what each lab asks, how long it takes, what we measured) are in la
     python labs/labs.py --lab=methods --seeds=1,2 --max_iters=100 --n_layer=2
 
 labs.py's options (LAB_DEFAULTS, read by configurator.configure): --lab --seeds --arms --max_iters
---evals --jobs --quick --baseline --target --out_dir --pool --watch; any other --key=value goes to
-each run. Linux and macOS; on Windows, WSL (labs.py stops its runs with os.killpg).
+--evals --jobs --quick --baseline --target --out_dir --pool --watch --check; any other --key=value
+goes to each run. Linux and macOS; on Windows, WSL (labs.py stops its runs with os.killpg).
+--check (with a lab's --arms, --seeds, --jobs) times a few steps on this machine and predicts how
+long the command will take, and prints the code hash every share of a class must share.
 
 Two views of every lab:
 - equal steps: every arm trains max_iters iterations (config/lab_toy.py: 500 at batch 64).
@@ -65,7 +67,7 @@ from model import has_hidden_layer  # noqa: E402
 from train import DEFAULTS  # noqa: E402
 from utils import lock  # noqa: E402
 from utils.runtime import run_main  # noqa: E402
-from labs import aggregate, report, runner, shares  # noqa: E402
+from labs import aggregate, check, report, runner, shares  # noqa: E402
 from labs.runner import ROOT  # noqa: E402
 
 # BAI's arms in labs 1 and 2 take their pivots after ln_f (bai_layer=-1), as BAI's summary reads;
@@ -149,11 +151,11 @@ CONFIG = os.path.join(ROOT, 'config', 'lab_toy.py')
 # a good value of each, for the error lines. '' and max_iters 0: the lab's or the config's value.
 LAB_DEFAULTS = {'lab': '', 'seeds': '1,2,3,4,5', 'max_iters': 0, 'out_dir': '', 'jobs': 1,
                 'quick': False, 'baseline': '', 'target': 80.0, 'evals': 5, 'arms': '', 'pool': '',
-                'watch': False}
+                'watch': False, 'check': False}
 EXAMPLES = {'lab': 'methods', 'seeds': '1,2,3', 'max_iters': '500', 'out_dir': 'labs/runs/mine',
             'jobs': '2', 'quick': 'True', 'baseline': 'causal', 'target': '80', 'evals': '5',
             'arms': 'causal,bitune', 'pool': 'handed_in',
-            'watch': 'True --pool=handed_in'}
+            'watch': 'True --pool=handed_in', 'check': 'True'}
 WRONG_TYPE = {int: 'not a whole number', float: 'not a number',
               bool: 'write True or False, or the bare flag'}
 YES_NO = {'true': 'True', '1': 'True', 'false': 'False', '0': 'False'}  # --quick=1 as --quick=True
@@ -203,6 +205,8 @@ def read_options(argv):
                   'not a folder; name the folder that holds the share_s*.json files')
     if opts['watch'] and not opts['pool']:
         raise bad('watch', given['watch'], 'it watches the folder that --pool names: give both')
+    if opts['check'] and opts['pool']:
+        raise bad('check', given['check'], 'it times this machine for its runs; leave out --pool')
     if opts['pool'] and 'seeds' in given:
         raise bad('seeds', opts['seeds'],
                   'pooling takes the seeds it finds in --pool; leave --seeds out')
@@ -306,6 +310,8 @@ def main(argv=None):
             return shares.pool_command(opts, lambda o: plan(o, passthrough), lab)
     every = plan(opts, passthrough, list(lab['arms']))  # a typo fails before anything else
     runs = [r for r in every if r['arm'] in opts['arms'] or r['arm'] == 'base']
+    if opts['check']:  # times a few steps here and predicts the share's time; runs nothing
+        return check.check(opts, runs)
     with lock.held(opts['out_dir'], 'labs.py'):
         reused = sum(map(runner.finished, runs))
         again = ' '.join(['python labs/labs.py', *map(shlex.quote, argv)])
