@@ -16,7 +16,8 @@ import pytest
 from helpers import ROOT
 
 QUOTING = ['labs/README.md', 'labs/KEY.md']  # these must quote the labs' intervals
-TEXTS = ['README.md', *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'docs', '*.md'))),
+TEXTS = ['README.md', 'labs/STUDENT.md',
+         *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'docs', '*.md'))),
          *QUOTING]
 NUM = r'[+-]?\d+\.\d'
 INTERVAL = re.compile(rf'\[({NUM}), ({NUM})\]')
