@@ -45,7 +45,8 @@ def configure(defaults, argv):
             _set(config, key, value, where=arg)
             continue
         if not os.path.isfile(arg):
-            what = 'is a directory, not' if os.path.isdir(arg) else 'not found; expected'
+            what = ('not found; expected' if not os.path.exists(arg) else 'is a directory, not'
+                    if os.path.isdir(arg) else 'is not a regular file; expected')
             raise ValueError(f"config file {arg!r} {what} a Python file of settings "
                              f"(overrides are written --key=value)")
         namespace = {}

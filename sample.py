@@ -64,7 +64,8 @@ def prompts_from(c, meta):
     text = c.start
     if text.startswith('FILE:'):
         if not os.path.isfile(text[5:]):
-            raise FileNotFoundError(f"--start={text}: no such file "
+            what = 'is not a regular file' if os.path.exists(text[5:]) else 'no such file'
+            raise FileNotFoundError(f"--start={text}: {what} "
                                     f"(FILE: reads the prompt from a text file)")
         try:
             with open(text[5:], encoding='utf-8') as f:

@@ -42,6 +42,10 @@ def load_task(name, data_dir='data', **toy_options):
     files = {split: os.path.join(folder, f'{split}.jsonl') for split in ('train', 'val', 'test')}
     needed = [os.path.join(folder, 'meta.json'), files['train'], files['val']]
     missing = [f for f in needed if not os.path.exists(f)]
+    odd = [f for f in files.values() if os.path.exists(f) and not os.path.isfile(f)]
+    if odd or not (missing or os.path.isfile(needed[0])):  # a folder or a pipe: never opened
+        raise ValueError(f"{(odd or needed)[0]} is not a regular file; re-run "
+                         f"data/{name}/prepare.py")
     if missing:
         raise FileNotFoundError(f"dataset '{name}' is not prepared: missing {', '.join(missing)}. "
                                 f"Run `python data/{name}/prepare.py --out_dir {folder}` first "

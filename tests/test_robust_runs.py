@@ -117,3 +117,25 @@ def test_a_log_row_without_its_iteration_is_named_on_resume_and_a_half_row_is_dr
         f.write(good + '{"iter": 4, "val_lo')  # a run killed while writing a row
     last = train.main(TINY + [f'--out_dir={out}', '--init_from=resume', '--max_iters=4'])
     assert last['iter'] == 4 and open(log).read().count('\n') == 3  # rows 0, 2 and 4, whole
+
+
+@pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='named pipes are a POSIX thing')
+def test_a_pipe_where_a_file_is_read_is_named_never_opened(tmp_path):
+    """Opening a named pipe blocks until someone writes: every file the scripts read is checked
+    to be a regular file first (the config file, the dataset's files, sample.py's FILE:)."""
+    os.mkfifo(tmp_path / 'config.py')
+    with pytest.raises(ValueError, match=r"config.py' is not a regular file"):
+        train.main([str(tmp_path / 'config.py')])
+    data = tmp_path / 'data' / 'mine'
+    data.mkdir(parents=True)
+    (data / 'meta.json').write_text('{}')
+    (data / 'val.jsonl').write_text('')
+    os.mkfifo(data / 'train.jsonl')
+    with pytest.raises(ValueError, match=r'train.jsonl is not a regular file; re-run'):
+        train.main(TINY + ['--dataset=mine', f'--data_dir={tmp_path}/data',
+                           f'--out_dir={tmp_path}/o'])
+    from test_walkthrough import toy_checkpoint
+    ckpt = toy_checkpoint(tmp_path / 'ckpt.pt', method='causal')
+    os.mkfifo(tmp_path / 'prompt.txt')
+    with pytest.raises(FileNotFoundError, match=r'prompt.txt: is not a regular file'):
+        sample.main([f'--ckpt={ckpt}', f'--start=FILE:{tmp_path}/prompt.txt'])
