@@ -11,10 +11,8 @@
 # takes: data/dialogsum/ as prepared above (the same files the GPT-2 labs use)
 # gives: out-dialogsum-tiny/log.jsonl (val loss, ROUGE-1/2/L at iterations 0, 75 and 150),
 #        loss.png, metric.png, ckpt.pt (the whole model, ~40 MB)
-# time:  1 min 10 s with one thread (OMP_NUM_THREADS=1) on a 2-core Intel Xeon @ 2.60 GHz at load
-#        average 6 (35 s of CPU time); README.md says how threads change that. Training runs the
-#        output layer (50,257 logits) on summary tokens only, so the two small blocks are not
-#        dwarfed by it.
+# time:  about a minute on a laptop CPU (measured: docs/timings.md). Training runs the output
+#        layer (50,257 logits) on summary tokens only, so the two small blocks are not dwarfed by it.
 
 out_dir = 'out-dialogsum-tiny'
 dataset = 'dialogsum'
