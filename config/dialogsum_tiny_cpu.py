@@ -12,7 +12,8 @@
 # gives: out-dialogsum-tiny/log.jsonl (val loss, ROUGE-1/2/L at iterations 0, 75 and 150),
 #        loss.png, metric.png, ckpt.pt (the whole model, ~40 MB)
 # time:  about a minute on a laptop CPU (measured: docs/timings.md). Training runs the output
-#        layer (50,257 logits) on summary tokens only, so the two small blocks are not dwarfed by it.
+#        layer (50,257 logits) on summary tokens only, so the two small blocks are not
+#        dwarfed by it.
 
 out_dir = 'out-dialogsum-tiny'
 dataset = 'dialogsum'

@@ -57,7 +57,8 @@ def tables(res):
     metric, base, arms = res['metric'], res['baseline'], res['arms']
     budget = res['budget']
     lines = [f"# lab '{res['lab']}'", "",
-             f"{metric} in percent on the validation examples (greedy generation), mean ± std over "
+             f"{metric} in percent on the validation examples (greedy generation), "
+             f"mean ± std over "
              f"seeds (min..max). Seeds {', '.join(map(str, res['seeds']))}: a seed fixes the "
              f"initial weights and the order of the training batches, so two arms on the same seed "
              f"are paired. 'vs {base}': the mean of the differences arm - {base} over the seeds, "

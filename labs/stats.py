@@ -2,8 +2,10 @@
 The statistics of a lab, on plain lists of numbers (no files, no torch), used by labs/labs.py:
 
 - summary(values): mean, std, min, max over seeds
-- paired(arm, baseline): the mean difference over seeds both ran, with a 95% t-interval, and a verdict
-- mean_curve / first_crossing: a learning curve averaged over seeds, and where it first reaches a target
+- paired(arm, baseline): the mean difference over seeds both ran, with a 95% t-interval, and a
+  verdict
+- mean_curve / first_crossing: a learning curve averaged over seeds, and where it first reaches a
+  target
 
 Why paired: two arms run with the same seed start from the same weights (where their parameters
 coincide) and see the same batches in the same order, so much of the seed-to-seed spread is shared.
@@ -14,8 +16,8 @@ import math
 import statistics
 
 def t_quantile(p, df):
-    """The p-quantile of Student's t with df degrees of freedom (p > 0.5), exact to far more than the
-    4 decimals a table gives, for any df: found by bisection on the t distribution's CDF."""
+    """The p-quantile of Student's t with df degrees of freedom (p > 0.5), exact to far more than
+    the 4 decimals a table gives, for any df: found by bisection on the t distribution's CDF."""
     low, high = 0.0, 1e6
     for _ in range(100):
         mid = (low + high) / 2
@@ -80,8 +82,9 @@ def verdict(low, high):
 
 
 def paired(arm, baseline):
-    """arm, baseline: {seed: score}. The differences on the seeds both have, their mean, 95% interval
-    and verdict; with fewer than two shared seeds there is no interval and the verdict says so."""
+    """arm, baseline: {seed: score}. The differences on the seeds both have, their mean, 95%
+    interval and verdict; with fewer than two shared seeds there is no interval and the verdict says
+    so."""
     seeds = sorted(set(arm) & set(baseline))
     diffs = [arm[s] - baseline[s] for s in seeds]
     out = {'seeds': seeds, 'diffs': diffs, 'wins': sum(d > 0 for d in diffs)}
@@ -93,9 +96,9 @@ def paired(arm, baseline):
 
 
 def mean_curve(curves):
-    """curves: one list of (x, y) per seed, at the same evaluations (same iterations, so the same x for
-    token counts; wall times differ a little per seed and are averaged). Returns x, mean, min and max
-    of y at the evaluations every seed reached."""
+    """curves: one list of (x, y) per seed, at the same evaluations (same iterations, so the same x
+    for token counts; wall times differ a little per seed and are averaged). Returns x, mean, min
+    and max of y at the evaluations every seed reached."""
     n = min(len(c) for c in curves)
     columns = [[c[i] for c in curves] for i in range(n)]
     return {'x': [statistics.mean(x for x, _ in col) for col in columns],

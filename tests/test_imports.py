@@ -1,7 +1,7 @@
-"""The project's files import each other without a circle, imports inside functions included: a circle
-hides the order in which a reader should meet the files, and breaks as soon as one of its imports
-moves to the top. An import inside a function is allowed where start-up order needs it (a script
-sets up its Ctrl-C line before torch loads), and then says so in a comment."""
+"""The project's files import each other without a circle, imports inside functions included: a
+circle hides the order in which a reader should meet the files, and breaks as soon as one of its
+imports moves to the top. An import inside a function is allowed where start-up order needs it (a
+script sets up its Ctrl-C line before torch loads), and then says so in a comment."""
 import ast
 import os
 
@@ -26,13 +26,14 @@ def project_files():
 
 
 def imports(path, modules):
-    """[(module imported, line, inside a function?)] for the project modules one file imports. A bare
-    name that is no top-level module is looked up beside the file (data/*/prepare.py puts data/ on
-    sys.path to import prepare_common)."""
+    """[(module imported, line, inside a function?)] for the project modules one file imports. A
+    bare name that is no top-level module is looked up beside the file (data/*/prepare.py puts data/
+    on sys.path to import prepare_common)."""
     tree = ast.parse(open(path, encoding='utf-8').read(), path)
     here = os.path.relpath(os.path.dirname(path), ROOT).replace(os.sep, '.')
     parents = [here.rsplit('.', k)[0] for k in range(here.count('.') + 1)] if here != '.' else []
-    inside = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+    inside = {id(n) for f in ast.walk(tree)
+              if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
               for n in ast.walk(f)}
 
     def resolve(name):
@@ -46,7 +47,8 @@ def imports(path, modules):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f'{node.module}.{a.name}' if resolve(f'{node.module}.{a.name}') else node.module
+            names = [f'{node.module}.{a.name}' if resolve(f'{node.module}.{a.name}')
+                     else node.module
                      for a in node.names]
         for name in names:
             target = resolve(name)
@@ -78,12 +80,14 @@ def find_cycle(graph):
 
 def graph_of_project():
     modules = project_files()
-    return modules, {m: {t for t, _, _ in imports(p, modules) if t != m} for m, p in modules.items()}
+    return modules, {m: {t for t, _, _ in imports(p, modules) if t != m}
+                     for m, p in modules.items()}
 
 
 def test_no_import_circle_among_the_project_files():
     modules, graph = graph_of_project()
-    assert {'model', 'bitune', 'train', 'configurator', 'utils.runtime', 'labs.labs'} <= set(modules)
+    assert {'model', 'bitune', 'train', 'configurator', 'utils.runtime',
+            'labs.labs'} <= set(modules)
     assert 'adapters' in graph['model']  # the walk does see imports
     assert find_cycle(graph) is None, ' -> '.join(find_cycle(graph))
 
@@ -101,6 +105,7 @@ def test_an_import_inside_a_function_says_why():
     for module, path in modules.items():
         lines = open(path, encoding='utf-8').read().splitlines()
         for target, line, inside in imports(path, modules):
-            if inside and '#' not in lines[line - 1] and not lines[line - 2].strip().startswith('#'):
+            if (inside and '#' not in lines[line - 1]
+                    and not lines[line - 2].strip().startswith('#')):
                 silent.append(f'{module}:{line} imports {target}')
     assert silent == []

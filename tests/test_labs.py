@@ -27,7 +27,8 @@ def tiny_lab(monkeypatch):
 # ---- the statistics
 
 def test_paired_t_interval_and_verdicts_on_hand_made_numbers():
-    # differences 1..5: mean 3, std sqrt(2.5), t(0.975, 4 df) = 2.7764 -> 3 ± 2.7764 * sqrt(2.5 / 5)
+    # differences 1..5: mean 3, std sqrt(2.5), t(0.975, 4 df) = 2.7764
+    # -> 3 ± 2.7764 * sqrt(2.5 / 5)
     arm, base = {s: 10 + 2 * s for s in range(1, 6)}, {s: 10 + s for s in range(1, 6)}
     p = stats.paired(arm, base)
     half = 2.776445 * math.sqrt(2.5 / 5)

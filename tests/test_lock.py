@@ -62,7 +62,7 @@ def test_a_lock_being_written_counts_as_alive_and_an_old_broken_one_as_dead(tmp_
     assert not (tmp_path / 'lock').exists()
 
 
-# ----------------------------------------------------------------------------- train.py holds out_dir
+# --------------------------------------------------------------------------- train.py holds out_dir
 
 TINY = ['--method=causal', '--n_layer=1', '--n_head=1', '--n_embd=16', '--block_size=32',
         '--batch_size=4', '--eval_iters=1', '--eval_examples=4', '--toy_n_train=64',

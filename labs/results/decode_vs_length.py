@@ -3,11 +3,11 @@ Why decoding slows down as the answer grows, even with the preallocated KV cache
 
     python labs/results/decode_vs_length.py [threads]
 
-GPT.generate, greedy, 16 prompts of 12 tokens, random weights, float32, in turns: ms per decoding step
-at 32 and at 256 new tokens (the prefill subtracted), for the toy model and for GPT-2 124M's shape. Each
-new token attends over every cached key, so a step at 256 reads more K/V than a step at 32: the script
-prints how many more bytes and the read rate that the extra time amounts to, next to this machine's
-own rate of reading a large tensor. Results: decode_vs_length.txt.
+GPT.generate, greedy, 16 prompts of 12 tokens, random weights, float32, in turns: ms per decoding
+step at 32 and at 256 new tokens (the prefill subtracted), for the toy model and for GPT-2 124M's
+shape. Each new token attends over every cached key, so a step at 256 reads more K/V than a step at
+32: the script prints how many more bytes and the read rate that the extra time amounts to, next to
+this machine's own rate of reading a large tensor. Results: decode_vs_length.txt.
 """
 import os
 import statistics
@@ -19,9 +19,10 @@ import torch
 sys.path.insert(0, os.getcwd())
 from model import GPT, GPTConfig  # noqa: E402  (run from the project root)
 
-SHAPES = {'toy 4x128, vocab 18': (dict(n_layer=4, n_head=4, n_embd=128, vocab_size=18, block_size=300), 5),
-          'GPT-2 124M shape 12x768, vocab 50257': (dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257,
-                                                        block_size=1024), 2)}
+SHAPES = {'toy 4x128, vocab 18':
+              (dict(n_layer=4, n_head=4, n_embd=128, vocab_size=18, block_size=300), 5),
+          'GPT-2 124M shape 12x768, vocab 50257':
+              (dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024), 2)}
 B, P, LENGTHS = 16, 12, (32, 256)
 
 
@@ -55,13 +56,16 @@ def main(threads=1):
             for n in LENGTHS:  # n new tokens = the prefill's logits + n - 1 decoding steps
                 step_s[n].append((t[n] - t[1]) / (n - 1))
         ms = {n: 1e3 * statistics.median(v) for n, v in step_s.items()}
-        # a step attends over the prompt and the tokens so far: P + n/2 keys on average over n tokens
+        # a step attends over the prompt and the tokens so far: P + n/2 keys on average over
+        # n tokens
         extra_keys = (LENGTHS[1] - LENGTHS[0]) / 2
-        kv_bytes = 2 * cfg['n_layer'] * B * cfg['n_embd'] * 4 * extra_keys  # K and V, every layer, float32
+        # K and V, every layer, float32
+        kv_bytes = 2 * cfg['n_layer'] * B * cfg['n_embd'] * 4 * extra_keys
         extra_s = (ms[LENGTHS[1]] - ms[LENGTHS[0]]) / 1e3
-        print(f"{name}: ms per step {ms[LENGTHS[0]]:.2f} at {LENGTHS[0]} new tokens, {ms[LENGTHS[1]]:.2f} at "
-              f"{LENGTHS[1]}; tokens/s at {LENGTHS[1]} / at {LENGTHS[0]} = {ms[LENGTHS[0]] / ms[LENGTHS[1]]:.2f}; "
-              f"a step at {LENGTHS[1]} reads {kv_bytes / 1e6:.1f} MB more K/V in {1e3 * extra_s:.2f} ms more"
+        print(f"{name}: ms per step {ms[LENGTHS[0]]:.2f} at {LENGTHS[0]} new tokens, "
+              f"{ms[LENGTHS[1]]:.2f} at {LENGTHS[1]}; tokens/s at {LENGTHS[1]} / at {LENGTHS[0]} "
+              f"= {ms[LENGTHS[0]] / ms[LENGTHS[1]]:.2f}; a step at {LENGTHS[1]} reads "
+              f"{kv_bytes / 1e6:.1f} MB more K/V in {1e3 * extra_s:.2f} ms more"
               + (f" ({kv_bytes / extra_s / 1e9:.1f} GB/s)" if extra_s > 0 else ""), flush=True)
 
 

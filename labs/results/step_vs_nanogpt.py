@@ -1,13 +1,15 @@
 """
-A training step of this project's GPT (no adapters) against nanoGPT's model.py, on the same weights and batch.
+A training step of this project's GPT (no adapters) against nanoGPT's model.py, on the same weights
+and batch.
 
     python labs/results/step_vs_nanogpt.py PATH/TO/nanoGPT/model.py [threads] [rounds]
 
-nanoGPT is read from the path given (a clone of github.com/karpathy/nanoGPT); nothing of it is part of
-this project. It is timed twice: as it is, and with GPT-2's tanh GELU in its MLP, the function our
-model computes (nanoGPT uses the exact erf GELU, which torch computes faster on a CPU). A step is
-forward, backward and AdamW. Each round times the three models back to back (in alternating order), so
-a ratio within a round shares the machine's load; the medians and quartiles of those ratios are printed.
+nanoGPT is read from the path given (a clone of github.com/karpathy/nanoGPT); nothing of it is part
+of this project. It is timed twice: as it is, and with GPT-2's tanh GELU in its MLP, the function
+our model computes (nanoGPT uses the exact erf GELU, which torch computes faster on a CPU). A step
+is forward, backward and AdamW. Each round times the three models back to back (in alternating
+order), so a ratio within a round shares the machine's load; the medians and quartiles of those
+ratios are printed.
 Run it from the project root, on an otherwise idle machine. Results: step_vs_nanogpt.txt.
 """
 import importlib.util
@@ -34,7 +36,8 @@ def main(path, threads=2, rounds=12):
     torch.set_num_threads(threads)
     for name, (L, H, C, T, B, V, per) in SHAPES.items():
         torch.manual_seed(0)
-        cfg = dict(n_layer=L, n_head=H, n_embd=C, block_size=max(T, 64), vocab_size=V, dropout=0.0, bias=True)
+        cfg = dict(n_layer=L, n_head=H, n_embd=C, block_size=max(T, 64), vocab_size=V, dropout=0.0,
+                   bias=True)
         models = {'ours': ours.GPT(ours.GPTConfig(**cfg)), 'nanogpt': ng.GPT(ng.GPTConfig(**cfg)),
                   'nanogpt_tanh': ng.GPT(ng.GPTConfig(**cfg))}
         for block in models['nanogpt_tanh'].transformer.h:
@@ -65,12 +68,15 @@ def main(path, threads=2, rounds=12):
                 ratios[k].append(t['ours'] / t[k])
         quart = lambda v: statistics.quantiles(v, n=4)
         print(f"{name}, {threads} thread(s), {rounds} rounds: median step ms " +
-              ', '.join(f"{k} {statistics.median(v):.1f}" for k, v in ms.items()) + "; ours / nanoGPT: " +
-              ', '.join(f"vs {k} {statistics.median(v):.3f} (quartiles {quart(v)[0]:.3f}..{quart(v)[2]:.3f})"
+              ', '.join(f"{k} {statistics.median(v):.1f}" for k, v in ms.items()) +
+              "; ours / nanoGPT: " +
+              ', '.join(f"vs {k} {statistics.median(v):.3f} "
+                        f"(quartiles {quart(v)[0]:.3f}..{quart(v)[2]:.3f})"
                         for k, v in ratios.items()), flush=True)
 
 
 if __name__ == '__main__':
     if len(sys.argv) < 2 or not os.path.isfile(sys.argv[1]):
-        sys.exit("usage: python labs/results/step_vs_nanogpt.py PATH/TO/nanoGPT/model.py [threads] [rounds]")
+        sys.exit("usage: python labs/results/step_vs_nanogpt.py PATH/TO/nanoGPT/model.py "
+                 "[threads] [rounds]")
     main(sys.argv[1], *(int(a) for a in sys.argv[2:4]))
