@@ -23,6 +23,9 @@ import io
 import math
 import os
 import re
+import statistics
+import subprocess
+import sys
 import time
 from contextlib import nullcontext, redirect_stdout
 from types import SimpleNamespace
@@ -208,15 +211,16 @@ def task_of(cfg):
     return _TASKS[key]
 
 
-def time_arm(cfg, seconds=3.0, max_steps=20, warmup=3, eval_iters=3, gen_batches=2):
+def time_arm(cfg, seconds=3.0, max_steps=20, warmup=5, eval_iters=3, gen_batches=2):
     """(seconds per training step, seconds per evaluation) of a run with settings cfg, on this
     process's torch threads: the model, data, optimizer and steps as train.py makes them (a base
     checkpoint that is not trained yet is stood in for by a random base of its shape; the time of
     a step does not depend on the weights). After `warmup` steps, steps are timed until `seconds`
-    have passed or `max_steps` are done (at least 3). The evaluation: min(eval_iters, the run's)
-    val-loss batches, scaled to the run's eval_iters, and min(gen_batches, the run's) batches of
-    generation (batch_size examples each, as many new tokens as the run allows), scaled to the
-    run's number of batches (eval_examples / batch_size, rounded up)."""
+    have passed or `max_steps` are done (at least 3); a step's time is their median (one slow
+    step, the machine busy for a moment, does not move it). The evaluation: min(eval_iters,
+    the run's) val-loss batches, scaled to the run's eval_iters, and min(gen_batches, the run's)
+    batches of generation (batch_size examples each, as many new tokens as the run allows),
+    scaled to the run's number of batches (eval_examples / batch_size, rounded up)."""
     cfg = dict(cfg)
     if cfg['init_from'].endswith('.pt'):  # a fine-tuning run's base (stage 0) is not there yet
         cfg['init_from'] = 'scratch'
@@ -262,12 +266,13 @@ def time_arm(cfg, seconds=3.0, max_steps=20, warmup=3, eval_iters=3, gen_batches
     for it in range(warmup):
         step(it)
     sync(dev)
-    t0, done = time.perf_counter(), 0
-    while done < 3 or (done < max_steps and time.perf_counter() - t0 < seconds):
-        step(warmup + done)
-        done += 1
+    t0, times = time.perf_counter(), []
+    while len(times) < 3 or (len(times) < max_steps and time.perf_counter() - t0 < seconds):
+        t = time.perf_counter()
+        step(warmup + len(times))
         sync(dev)
-    step_s = (time.perf_counter() - t0) / done
+        times.append(time.perf_counter() - t)
+    step_s = statistics.median(times)
 
     # evaluation, as train.evaluate: val-loss batches (the same every time), then generation
     model.eval()
@@ -302,12 +307,24 @@ def cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 
 
-def check(opts, runs, seconds=3.0, max_steps=20, class_file=CLASS_FILE, say=print):
+def startup(cfg):
+    """Seconds a run spends before its first step: a new Python that imports train.py (torch with
+    it), and the task built from the run's settings (the toy task is generated)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, '-c', 'import train'], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _TASKS.clear()
+    task_of(cfg)
+    return time.perf_counter() - t0
+
+
+def check(opts, runs, seconds=3.0, max_steps=20, class_file=CLASS_FILE, say=print, start_s=None):
     """Print the machine check for the share these runs make (labs.plan's, for opts['jobs'] at a
     time) and return its numbers: torch (version), torch_ok (in requirements.txt's range; None if
     it has none), code (12 hex digits), device, dtype, threads, step_s and eval_s per arm, run_s
-    per run (as in runs; 0 for a run finished here already, which the lab reuses), predicted_s,
-    and class ({'code': bool, 'torch': bool} against labs/class.json, None without it)."""
+    per run (as in runs; 0 for a run finished here already, which the lab reuses), start_s (a
+    run's start-up, measured unless given), predicted_s, and class ({'code': bool, 'torch':
+    bool} against labs/class.json, None without it)."""
     if not runs:
         raise ValueError("no runs to time: name at least one of the lab's arms with --arms")
     jobs, n = opts['jobs'], cores()
@@ -337,6 +354,8 @@ def check(opts, runs, seconds=3.0, max_steps=20, class_file=CLASS_FILE, say=prin
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # what each run gets: OMP_NUM_THREADS from run_all
     try:
+        start_s = startup(runs[0]['cfg']) if start_s is None else start_s
+        time_arm(runs[0]['cfg'], seconds / 3, 3)  # a first round warms the threads and allocator
         for r in runs:
             if r['arm'] not in step_s:
                 step_s[r['arm']], eval_s[r['arm']] = time_arm(r['cfg'], seconds, max_steps)
@@ -344,10 +363,10 @@ def check(opts, runs, seconds=3.0, max_steps=20, class_file=CLASS_FILE, say=prin
         torch.set_num_threads(before)
     say("timed here: " + "; ".join(
         f"{arm} {1000 * step_s[arm]:.0f} ms a step, {eval_s[arm]:.1f} s an evaluation"
-        for arm in step_s))
+        for arm in step_s) + f"; {start_s:.1f} s to start a run")
 
     done = [finished(r) for r in runs]
-    run_s = [0.0 if d else r['cfg']['max_iters'] * step_s[r['arm']]
+    run_s = [0.0 if d else start_s + r['cfg']['max_iters'] * step_s[r['arm']]
              + evaluations(r['cfg']) * eval_s[r['arm']] for r, d in zip(runs, done)]
     at_once = min(jobs, len(runs) - sum(done))
     crowd = 1.0  # more threads at once than cores: the runs share them
@@ -368,9 +387,10 @@ def check(opts, runs, seconds=3.0, max_steps=20, class_file=CLASS_FILE, say=prin
                f"counted {crowd:.1f}x as long" if crowd > 1 else "")
     say(f"prediction: {minutes(predicted)} for this share on this machine ({jobs} run(s) at a "
         f"time, longest first{crowded}), if the machine is otherwise idle; other programs make it "
-        f"longer, and each run's start-up, checkpoints and plots add a few seconds")
+        f"longer")
     in_range = None if spec is None else satisfies(version, spec or '>=0')
     return {'torch': version, 'torch_ok': in_range,
             'code': code[:12], 'device': dev, 'dtype': dtype, 'threads': threads,
-            'step_s': step_s, 'eval_s': eval_s, 'run_s': run_s, 'predicted_s': predicted,
+            'step_s': step_s, 'eval_s': eval_s, 'start_s': start_s, 'run_s': run_s,
+            'predicted_s': predicted,
             'class': same}

@@ -127,8 +127,9 @@ def test_check_times_each_arm_once_and_predicts_the_share_from_the_schedule(tiny
     assert set(info['step_s']) == set(info['eval_s']) == {'causal', 'bitune'}
     assert all(v > 0 for v in [*info['step_s'].values(), *info['eval_s'].values()])
     # per run: iterations x step + evaluations (at 0, 2, 4 / 0, 3, 6) x evaluation
+    assert info['start_s'] > 0  # measured: a Python importing train.py, and the task built
     for r, s, evals in zip(runs, info['run_s'], (3, 3, 3)):
-        assert s == pytest.approx(r['cfg']['max_iters'] * info['step_s'][r['arm']]
+        assert s == pytest.approx(info['start_s'] + r['cfg']['max_iters'] * info['step_s'][r['arm']]
                                   + evals * info['eval_s'][r['arm']])
     assert max(info['run_s']) <= info['predicted_s'] <= sum(info['run_s'])
     # the longest two start at once, the third after the first of them ends
@@ -145,16 +146,18 @@ def test_check_leaves_out_finished_runs_and_counts_runs_that_share_cores(tiny_pl
     monkeypatch.setattr(check, 'cores', lambda: 2)
     monkeypatch.setattr(check, 'finished', lambda r: r['cfg']['max_iters'] == 6)
     opts['jobs'] = 3  # 1 thread each, 2 runs left: 2 threads on 2 cores, no crowding
-    info = check.check(opts, runs, seconds=0.1, max_steps=3, class_file=str(tmp_path / 'none'))
+    info = check.check(opts, runs, seconds=0.1, max_steps=3, class_file=str(tmp_path / 'none'),
+                       start_s=0.5)
     out = capsys.readouterr().out
     assert info['run_s'][1] == 0 and 'causal 6 it finished here already (reused)' in out
     assert info['predicted_s'] == pytest.approx(max(info['run_s']))
     assert 'no labs/class.json' in out and info['class'] is None
     monkeypatch.setattr(check, 'finished', lambda r: False)
-    info = check.check(opts, runs, seconds=0.1, max_steps=3, class_file=str(tmp_path / 'none'))
+    info = check.check(opts, runs, seconds=0.1, max_steps=3, class_file=str(tmp_path / 'none'),
+                       start_s=0.5)
     out = capsys.readouterr().out  # 3 runs of 1 thread on 2 cores: each takes 1.5x as long
     assert info['threads'] == 1 and 'counted 1.5x as long' in out
-    assert info['run_s'][0] == pytest.approx(1.5 * (4 * info['step_s']['causal']
+    assert info['run_s'][0] == pytest.approx(1.5 * (0.5 + 4 * info['step_s']['causal']
                                                     + 3 * info['eval_s']['causal']))
     assert info['predicted_s'] == pytest.approx(max(info['run_s']))  # all three at once
 
