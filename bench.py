@@ -376,15 +376,13 @@ def main(argv=None):
     if c['model'] not in ('toy', 'gpt2-shape'):
         raise ValueError(f"model={c['model']!r}: choose 'toy' (sizes from n_layer, n_embd, ...) "
                          f"or 'gpt2-shape'")
-    presets = {'--model=gpt2-shape': GPT2_SHAPE if c['model'] == 'gpt2-shape' else {},
-               '--quick=True': dict(warmup=1, iters=2, gen_iters=1, gen_tokens='4,8') if c['quick']
-               else {}}
-    for preset, values in presets.items():  # a setting the preset would silently replace
-        for key in values:
-            if c[key] != DEFAULTS[key]:
-                raise ValueError(f"{key}={c[key]!r}: {preset} sets {key} to {values[key]!r}; "
-                                 f"leave one of the two out")
-        c.update(values)
+    for key in GPT2_SHAPE if c['model'] == 'gpt2-shape' else ():  # the shape is the preset's
+        if c[key] != DEFAULTS[key]:
+            raise ValueError(f"{key}={c[key]!r}: --model=gpt2-shape sets {key} to "
+                             f"{GPT2_SHAPE[key]!r}; leave one of the two out")
+        c[key] = GPT2_SHAPE[key]
+    quick = dict(warmup=1, iters=2, gen_iters=1, gen_tokens='4,8') if c['quick'] else {}
+    c.update({k: v for k, v in quick.items() if c[k] == DEFAULTS[k]})  # what you set stays
     check_ranges(c, {'>= 1': 'n_layer n_head n_embd block_size batch_size gen_batch_size iters '
                              'gen_iters', '>= 2': 'vocab_size', '>= 0': 'warmup peak_tflops',
                      CORES: 'threads', SEED: 'seed'})

@@ -319,7 +319,7 @@ ROWS = [
     ('sample: only separators', lambda e, m: sample_main(e, '--start=, ,'),
      ValueError, 'holds no prompt'),
     ('sample: FILE: names a folder', lambda e, m: sample_main(e, f'--start=FILE:{e.tmp}'),
-     FileNotFoundError, 'no such file'),
+     FileNotFoundError, 'is not a regular file'),
     ('sample: FILE: names a binary file',
      lambda e, m: sample_main(e, f"--start=FILE:{e.run}/ckpt.pt"),
      ValueError, 'not a UTF-8 text file'),

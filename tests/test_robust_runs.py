@@ -73,7 +73,7 @@ def test_a_real_full_disk_while_writing_the_checkpoint(tmp_path):
      r"num_samples=1000000000: must be in 1..1000"),
     (sample, ['--threads=1000000', '--ckpt=x.pt'], "threads=1000000: must be in 0.."),
     (bench, ['--vocab_size=1'], "vocab_size=1: must be >= 2"),
-    (bench, ['--quick=True', '--gen_tokens=0'], "gen_tokens='0': --quick=True sets gen_tokens"),
+    (bench, ['--quick=True', '--gen_tokens=0'], "gen_tokens='0': positive token counts"),
     (bench, ['--gen_tokens=0'], "gen_tokens='0': positive token counts"),
     (bench, ['--model=gpt2-shape', '--n_layer=1'],
      "n_layer=1: --model=gpt2-shape sets n_layer to 12"),
