@@ -211,6 +211,25 @@ def log_evaluation(model, c, evaluation, done, lr, bai_weight, recent, tokens_pe
         tqdm.write(f"    {line}")
 
 
+def draw_micro_batches(train_set, c, data_rng, dev, pad, mine=slice(None)):
+    """A step's micro-batches: batch_size examples drawn from data_rng for each, of which this
+    process keeps its slice `mine` (under torchrun), collated."""
+    picks = [torch.randint(len(train_set), (c.batch_size,), generator=data_rng)[mine].tolist()
+             for _ in range(c.gradient_accumulation_steps)]
+    return [collate([train_set[i] for i in ids], dev, pad) for ids in picks]
+
+
+def apply_gradients(model, optimizer, scaler, c):
+    """The optimizer step on the gradients forward_backward left: clipped to grad_clip (unscaled
+    first under float16's GradScaler), then AdamW, then cleared."""
+    if c.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def forward_backward(train_step, gpt, micro, c, ctx, scaler, bai_weight, world):
     """One step's gradients from its micro-batches (gradient accumulation), each weighted by its
     share of the step's answer tokens, so the step's loss is a token-weighted mean whatever the
@@ -305,19 +324,12 @@ def run(c):
         # Every process draws the same batch_size examples (data_rng is seeded alike) and keeps its
         # own slice, so N processes see exactly the examples one process would.
         mine = slice(rank * c.batch_size // world, (rank + 1) * c.batch_size // world)
-        picks = [torch.randint(len(train_set), (c.batch_size,), generator=data_rng)[mine].tolist()
-                 for _ in range(c.gradient_accumulation_steps)]
-        micro = [collate([train_set[i] for i in ids], dev, meta['pad']) for ids in picks]
+        micro = draw_micro_batches(train_set, c, data_rng, dev, meta['pad'], mine)
         step_loss, logged, step_tokens = forward_backward(train_step, gpt, micro, c, ctx, scaler,
                                                           bai_weight, world)
         tokens_seen += step_tokens
         check_finite("the loss", step_loss, it, c, saved, bar)
-        if c.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        apply_gradients(model, optimizer, scaler, c)
         recent.append(logged)
         train_time += time.time() - t_step
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.1e}", refresh=False)

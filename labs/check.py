@@ -38,7 +38,8 @@ from data.tasks import check_fits, collate, task_from_config
 from labs import shares
 from labs.runner import ROOT, finished, load_json
 from model import configure_optimizers
-from train import DEFAULTS, bai_weight_at, batch_loss, compile_blocks, forward_backward, lr_at
+from train import (DEFAULTS, apply_gradients, bai_weight_at, batch_loss, compile_blocks,
+                   draw_micro_batches, forward_backward, lr_at)
 from utils import distributed
 from utils.checkpoint import build_model
 from utils.evaluate import evaluate_task
@@ -252,16 +253,9 @@ def time_arm(cfg, seconds=3.0, max_steps=20, warmup=5, eval_iters=3, gen_batches
     def step(it):  # train.py's loop body, for one process
         for group in optimizer.param_groups:
             group['lr'] = lr_at(it, c)
-        picks = [torch.randint(len(train_set), (c.batch_size,), generator=data_rng).tolist()
-                 for _ in range(c.gradient_accumulation_steps)]
-        micro = [collate([train_set[i] for i in ids], dev, meta['pad']) for ids in picks]
+        micro = draw_micro_batches(train_set, c, data_rng, dev, meta['pad'])
         forward_backward(train_step, gpt, micro, c, ctx, scaler, bai_weight_at(it, c), 1)
-        if c.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        apply_gradients(model, optimizer, scaler, c)
 
     for it in range(warmup):
         step(it)
